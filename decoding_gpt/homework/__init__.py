@@ -1,0 +1,20 @@
+"""Instructor tooling for homework: student notebooks from solutions, and a grader.
+
+A homework is a folder ``homework/hwN_<name>/`` whose ``solution.ipynb`` is the single
+source of truth. It uses nbgrader's markers, so the same notebook works with nbgrader:
+
+- ``### BEGIN SOLUTION`` / ``### END SOLUTION`` around the answer inside a code cell (or a
+  markdown cell): :mod:`decoding_gpt.homework.student` replaces the block by a stub that
+  raises ``NotImplementedError`` (markdown: "YOUR ANSWER HERE");
+- ``### BEGIN HIDDEN TESTS`` / ``### END HIDDEN TESTS`` around checks students do not see:
+  removed from the student version, restored by the grader;
+- graded cells carry nbgrader metadata ``{"nbgrader": {"grade": true, "grade_id": ...,
+  "points": ...}}``: a graded cell that runs without an exception earns its points.
+
+Commands (``python -m decoding_gpt.homework --help``):
+
+- ``make-student [--check] [SOLUTION ...]`` writes ``student.ipynb`` beside each solution;
+  ``--check`` fails if a committed student notebook is out of date (CI runs it);
+- ``grade SUBMISSION.ipynb --solution SOLUTION.ipynb`` executes a submission in a sandbox
+  (see :mod:`decoding_gpt.homework.sandbox`) and writes a JSON and CSV score report.
+"""
