@@ -20,14 +20,14 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: install lectures test test-gpu lint format refresh-notebook
+.PHONY: install lectures test test-gpu lint format refresh-notebook slides site check-students
 
 install:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first: the course's range admits this build, so the next line keeps it.
 	$(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)" $(TORCH_PIP_ARGS)
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,docs]"
 
 # Containers often run as root, where Jupyter refuses to start without --allow-root.
 LAB_ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
@@ -54,3 +54,15 @@ format:
 # Re-execute one notebook in place and commit-ready: make refresh-notebook NB=notebooks/00_setup.ipynb
 refresh-notebook:
 	$(BIN)/python scripts/refresh_notebook.py $(NB)
+
+# Lecture decks (Marp, needs node >= 18 and npm) into slides/dist/.
+slides:
+	scripts/build_slides.sh
+
+# Course website into site/_build/html (Sphinx + myst-nb, warnings are errors).
+site:
+	PYTHON=$(BIN)/python scripts/build_site.sh
+
+# Fail if a committed homework/*/student.ipynb is stale with respect to its solution.
+check-students:
+	$(BIN)/python -m decoding_gpt.homework make-student --check

@@ -1,0 +1,78 @@
+"""The shipped BPE tokenizers of the two corpora, and how digits are split.
+
+Both tokenizers are GPT-2-style byte-level BPE trained by
+:func:`decoding_gpt.tokenizer.train_hf_bpe`, with one change: digits are cut into
+groups of at most two, so a year is always two tokens, ``" 1732" -> [" 17", "32"]``.
+GPT-2's own tokenizer splits years unpredictably (``" 1732"`` is one token, ``" 1733"``
+two), which muddles the greater-than task; with fixed pairs the end year of ``"from
+1732 to 17"`` is exactly one next token, one of the 100 tokens ``"00"``..``"99"``.
+
+How: the training text gets a marker byte ``\\x00`` between digit pairs (``"17\\x0032"``),
+so the byte-level pre-tokenizer already sees ``" 17"`` and ``"32"`` as separate words
+while merges are learnt; the saved tokenizer then puts a ``Split`` on
+``" ?[0-9]{1,2}"`` before the byte-level pre-tokenizer, which cuts ordinary text the
+same way at encoding time.
+
+The files live in ``decoding_gpt/data/tokenizers/{stories,code}.json`` and are rebuilt by
+``python -m decoding_gpt.data.build``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from tokenizers import Regex, Tokenizer, pre_tokenizers
+
+from decoding_gpt.tokenizer import END_OF_TEXT
+
+Corpus = Literal["stories", "code"]
+CORPORA: tuple[str, ...] = ("stories", "code")
+TOKENIZER_DIR = Path(__file__).parent / "tokenizers"
+VOCAB_SIZES: dict[str, int] = {"stories": 4096, "code": 4096}
+
+_DIGIT_PAIR = re.compile(r"([0-9]{2})(?=[0-9])")
+_MARKER = "\x00"
+
+
+def mark_digit_pairs(text: str) -> str:
+    """Insert a marker between digit pairs (``"1732" -> "17\\x0032"``) for BPE training."""
+    return _DIGIT_PAIR.sub(r"\1" + _MARKER, text)
+
+
+def digit_pair_pre_tokenizer() -> pre_tokenizers.PreTokenizer:
+    """Digits in groups of at most two (a leading space kept), then GPT-2 byte-level."""
+    return pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(" ?[0-9]{1,2}"), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
+
+
+def tokenizer_path(corpus: str) -> Path:
+    if corpus not in CORPORA:
+        raise ValueError(f"corpus must be one of {CORPORA}, got {corpus!r}")
+    return TOKENIZER_DIR / f"{corpus}.json"
+
+
+def get_tokenizer(corpus: Corpus) -> Tokenizer:
+    """Load the shipped tokenizer of ``corpus`` (a new object each call)."""
+    path = tokenizer_path(corpus)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing; rebuild it with `python -m decoding_gpt.data.build`"
+        )
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as err:  # tokenizers raises a bare Exception on bad JSON
+        raise ValueError(f"{path} is not a valid tokenizer file: {err}") from err
+
+
+def eos_id(tokenizer: Tokenizer) -> int:
+    """Id of ``<|endoftext|>``; an error if the tokenizer lacks it."""
+    token_id = tokenizer.token_to_id(END_OF_TEXT)
+    if token_id is None:
+        raise ValueError(f"tokenizer has no {END_OF_TEXT!r} token")
+    return token_id
