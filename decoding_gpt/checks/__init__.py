@@ -1,0 +1,93 @@
+"""Exercise checks: feedback for students, one module per lecture or homework.
+
+A check takes the student's function, runs it on seeded inputs, compares the result
+with a reference, and either prints a one-line success message or raises
+:class:`CheckError` saying *what* is wrong (shape, NaNs, which values, by how much) and,
+where a common mistake explains the symptom, *why*. Checks are ordinary functions, so
+tests call them too (``pytest.raises(CheckError)`` on known-wrong implementations).
+
+Shared helpers live here:
+
+- :class:`CheckError` -- an ``AssertionError`` (so pytest and nbval report it as a
+  failed assertion) whose message is meant for a student.
+- :func:`compare_tensors` -- shape, finiteness and value comparison with specific messages.
+- :func:`passed` -- the uniform success line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["CheckError", "compare_tensors", "passed", "to_numpy"]
+
+
+class CheckError(AssertionError):
+    """A check failed; the message explains what is wrong for the student."""
+
+
+def to_numpy(value: Any, name: str = "value") -> np.ndarray:
+    """Convert a tensor, array, list or number to a float64 NumPy array.
+
+    Raises:
+        CheckError: ``value`` is ``None`` (a stub left unfilled) or not numeric.
+    """
+    if value is None:
+        raise CheckError(f"{name} is None: did you forget to `return` it?")
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().to(torch.float64).numpy()
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise CheckError(f"{name} should be numeric, got {type(value).__name__}") from err
+
+
+def compare_tensors(
+    actual: Any,
+    expected: Any,
+    name: str,
+    atol: float = 1e-6,
+    rtol: float = 0.0,
+    hint: str = "",
+) -> None:
+    """Raise :class:`CheckError` unless ``actual`` matches ``expected`` elementwise.
+
+    The comparison is ``|actual - expected| <= atol + rtol * |expected|``, made in
+    float64 after moving both to NumPy. Failures are reported in this order, each with
+    its own message: wrong shape, NaN/inf where the reference is finite, wrong values
+    (with the max absolute difference and where it occurs). ``hint`` is appended to the
+    message so a check can name the likely mistake.
+    """
+    got = to_numpy(actual, name)
+    want = to_numpy(expected, f"reference for {name}")
+    suffix = f" {hint}" if hint else ""
+    if got.shape != want.shape:
+        raise CheckError(
+            f"{name} has shape {tuple(got.shape)}, expected {tuple(want.shape)}.{suffix}"
+        )
+    bad = ~np.isfinite(got) & np.isfinite(want)
+    if bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise CheckError(
+            f"{name} has {int(bad.sum())} NaN/inf entries (first at index {index}) "
+            f"where the reference is finite.{suffix}"
+        )
+    diff = np.abs(got - want)
+    diff = np.where(np.isfinite(want) | np.isfinite(got), diff, 0.0)  # inf == inf is fine
+    tolerance = atol + rtol * np.abs(want)
+    wrong = diff > tolerance
+    if wrong.any():
+        index = tuple(int(i) for i in np.unravel_index(int(np.argmax(diff)), diff.shape))
+        at = f" at index {index}" if got.ndim else ""
+        raise CheckError(
+            f"{name} has wrong values: {int(wrong.sum())} of {got.size} entries differ, "
+            f"max abs diff {float(diff.max()):.3g}{at} (got {float(got[index]):.6g}, "
+            f"expected {float(want[index]):.6g}; atol {atol:g}).{suffix}"
+        )
+
+
+def passed(name: str) -> None:
+    """Print the uniform success line of a check."""
+    print(f"{name}: all checks passed.")
