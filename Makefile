@@ -35,8 +35,10 @@ LAB_ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 lectures:
 	$(BIN)/jupyter lab notebooks/ $(LAB_ROOT_FLAG)
 
+# Two workers on two cores: one BLAS/OpenMP thread each (oversubscription made small
+# training loops several times slower here). Notebook kernels inherit the setting.
 test:
-	$(BIN)/python -m pytest -n 2 --dist loadscope --nbval-cell-timeout=$(CELL_TIMEOUT) -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadscope --nbval-cell-timeout=$(CELL_TIMEOUT) -q
 
 # The notebooks on a GPU: numerics differ from the committed CPU outputs, so outputs are
 # not compared (nbval lax mode); every cell must still run and every assert hold.

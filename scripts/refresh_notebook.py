@@ -26,6 +26,7 @@ ENVIRONMENT = {
     "HF_DATASETS_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
     "PYTHONHASHSEED": "0",
+    "OMP_NUM_THREADS": "1",  # as under `make test`: same thread count, same numerics
 }
 
 
