@@ -16,8 +16,9 @@ DEFAULT_SOLUTIONS = "homework/*/solution.ipynb"
 def _make_student(args: argparse.Namespace) -> int:
     paths = args.solutions or sorted(Path().glob(DEFAULT_SOLUTIONS))
     if not paths:
-        print(f"no solution notebooks found ({DEFAULT_SOLUTIONS})", file=sys.stderr)
-        return 1
+        # An empty course (or a fresh fork) has nothing to regenerate: not an error.
+        print(f"no solution notebooks found ({DEFAULT_SOLUTIONS}); nothing to do")
+        return 0
     changed = write_students([Path(path) for path in paths], check=args.check)
     for path in changed:
         verb = "out of date" if args.check else "wrote"

@@ -1,0 +1,191 @@
+"""Time our GPT against HF ``GPT2LMHeadModel`` and the TransformerLens bridge.
+
+All three models hold the SAME weights (copied with :mod:`decoding_gpt.convert`) and run
+in one process, interleaved round by round so background load hits them alike. Two
+measurements, reported as tokens/s (median over rounds) and as our ratio to each:
+
+- a training step: forward with next-token loss, backward, AdamW step (fused where the
+  device supports it; the same optimizer settings for every model);
+- a forward pass with an activation cache, no grad: ``run_with_cache`` for ours and
+  TransformerLens, ``output_hidden_states=True, output_attentions=True`` for HF (its
+  nearest equivalent).
+
+Default config: nanoGPT's README CPU config (4 layers, 4 heads, d_model 128, block 64,
+batch 12) with a 4096-token vocabulary. Usage::
+
+    python benchmarks/bench_transformer.py                      # CPU, defaults
+    python benchmarks/bench_transformer.py --device cuda --n-layers 12 --n-heads 12 \\
+        --d-model 768 --n-ctx 1024 --batch 32 --vocab 50304 --bf16 --compile
+
+``--compile`` applies ``torch.compile`` to the training step of ours and HF (TL's bridge
+is left uncompiled: its hook machinery is not meant for it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+
+from decoding_gpt.convert import to_hf_gpt2, to_transformer_lens
+from decoding_gpt.transformer import GPT, GPTConfig
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--n-layers", type=int, default=4)
+    p.add_argument("--n-heads", type=int, default=4)
+    p.add_argument("--d-model", type=int, default=128)
+    p.add_argument("--n-ctx", type=int, default=64)
+    p.add_argument("--batch", type=int, default=12)
+    p.add_argument("--vocab", type=int, default=4096)
+    p.add_argument("--steps", type=int, default=10, help="timed steps per round")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
+    p.add_argument("--compile", action="store_true", help="torch.compile ours and HF")
+    p.add_argument("--skip", default="", help="comma-separated: hf,tl")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: default)")
+    p.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="wall time, or this process's CPU time (steadier on a loaded machine; CPU only)",
+    )
+    return p.parse_args()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def make_optimizer(model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    try:
+        return torch.optim.AdamW(params, lr=3e-4, weight_decay=0.1, fused=True)
+    except (RuntimeError, TypeError):  # no fused kernel for this device/dtype
+        return torch.optim.AdamW(params, lr=3e-4, weight_decay=0.1, foreach=True)
+
+
+def train_step_fn(loss_fn: Callable[[], torch.Tensor], opt: torch.optim.Optimizer, autocast):
+    def step() -> None:
+        with autocast():
+            loss = loss_fn()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def time_rounds(fns: dict[str, Callable[[], object]], args, device) -> dict[str, float]:
+    """Seconds per call, median over rounds; the models take turns within each round."""
+    for fn in fns.values():
+        for _ in range(args.warmup):
+            fn()
+    sync(device)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    per_round: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(args.rounds):
+        for name, fn in fns.items():
+            sync(device)
+            start = clock()
+            for _ in range(args.steps):
+                fn()
+            sync(device)
+            per_round[name].append((clock() - start) / args.steps)
+    return {name: statistics.median(times) for name, times in per_round.items()}
+
+
+def report(title: str, seconds: dict[str, float], n_tokens: int) -> None:
+    print(f"\n{title}")
+    ours = seconds["ours"]
+    for name, s in seconds.items():
+        ratio = "" if name == "ours" else f"   ours / {name} = {s / ours:.2f}x"
+        print(f"  {name:>5}: {n_tokens / s:>12,.0f} tokens/s  ({1e3 * s:7.2f} ms){ratio}")
+
+
+def main() -> None:
+    args = parse_args()
+    warnings.filterwarnings("ignore")
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    skip = set(filter(None, args.skip.split(",")))
+    torch.manual_seed(0)
+    cfg = GPTConfig(
+        d_vocab=args.vocab, n_ctx=args.n_ctx, d_model=args.d_model, n_layers=args.n_layers,
+        n_heads=args.n_heads, act_fn="gelu_new",
+    )  # fmt: skip
+    ours = GPT(cfg).to(device)
+    models: dict[str, torch.nn.Module] = {"ours": ours}
+    if "hf" not in skip:
+        models["hf"] = to_hf_gpt2(ours)  # same weights (b_U is 0 at init)
+    if "tl" not in skip:
+        models["tl"] = to_transformer_lens(ours)  # already on ours' device
+    x = torch.randint(0, args.vocab, (args.batch, args.n_ctx), device=device)
+    n_tokens = args.batch * args.n_ctx
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(
+        f"device={device}  threads={torch.get_num_threads()}  clock={args.clock}  "
+        f"load(1 min)={load:.1f}  torch={torch.__version__}"
+    )
+    print(f"config: {cfg.to_dict()}  batch={args.batch}  params={cfg.n_params:,}")
+
+    use_bf16 = args.bf16 and device.type == "cuda"
+
+    def autocast():
+        if use_bf16:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    forwards: dict[str, Callable[[], torch.Tensor]] = {
+        "ours": lambda: ours(x, return_type="loss"),
+        "hf": lambda: models["hf"](input_ids=x, labels=x).loss,
+        "tl": lambda: models["tl"](x, return_type="loss"),
+    }
+    if args.compile:
+        for name in ("ours", "hf"):
+            if name in models:
+                compiled = torch.compile(models[name])
+                forwards[name] = (
+                    (lambda c=compiled: c(x, return_type="loss"))
+                    if name == "ours"
+                    else (lambda c=compiled: c(input_ids=x, labels=x).loss)
+                )
+    for m in models.values():
+        m.train()
+    steps = {
+        name: train_step_fn(forwards[name], make_optimizer(m, device), autocast)
+        for name, m in models.items()
+    }
+    report("training step (AdamW)", time_rounds(steps, args, device), n_tokens)
+
+    def no_grad(fn: Callable[[], object]) -> Callable[[], object]:
+        def run() -> object:
+            with torch.no_grad(), autocast():
+                return fn()
+
+        return run
+
+    cached = {
+        "ours": no_grad(lambda: ours.run_with_cache(x)),
+        "hf": no_grad(lambda: models["hf"](x, output_hidden_states=True, output_attentions=True)),
+        "tl": no_grad(lambda: models["tl"].run_with_cache(x)),
+    }
+    for m in models.values():
+        m.eval()
+    cached = {name: fn for name, fn in cached.items() if name in models}
+    report("forward with activation cache (no grad)", time_rounds(cached, args, device), n_tokens)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,321 @@
+"""Checkpoints on disk: safetensors for tensors, JSON for everything else.
+
+A checkpoint is a directory::
+
+    model.safetensors       the model's weights (state_dict, tied tensors stored once)
+    config.json             {"format_version", "model_class", "model": {...}, "train": {...}}
+    metrics.json            the training history (see ``decoding_gpt.training.train``)
+    optimizer.safetensors   AdamW state tensors, flattened as "state.{i}.{name}"  (resume only)
+    trainer_state.json      step, tokens seen, clock, optimizer hyper-parameters   (resume only)
+
+Nothing is pickled: ``torch.load`` on an untrusted file can run arbitrary code, while a
+safetensors file is a JSON header plus raw bytes, and JSON is data. Every reader here
+checks what it reads, and a truncated file, bad JSON, a missing or unexpected tensor, or
+a shape that does not match the model's config raises ``CheckpointError`` naming the
+file and the problem, rather than loading a silently wrong model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file, save_model
+from torch import nn
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.json"
+OPTIMIZER_FILE = "optimizer.safetensors"
+TRAINER_STATE_FILE = "trainer_state.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, corrupt, or does not fit the model."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def file_sha256(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks (so multi-GB weights never sit in memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A JSON-ready dict from a config: a dict, an object with ``to_dict()``, or a dataclass."""
+    if config is None:
+        return {}
+    if isinstance(config, Mapping):
+        return dict(config)
+    if hasattr(config, "to_dict"):
+        return dict(config.to_dict())
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return dataclasses.asdict(config)
+    raise TypeError(f"cannot turn a {type(config).__name__} into a config dict")
+
+
+def _write_atomic(path: Path, write) -> None:
+    """Write through a temporary file and rename, so a crash never leaves half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    def write(tmp: Path) -> None:
+        # allow_nan=False: NaN is not JSON; a NaN loss should fail loudly here.
+        tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")
+
+    _write_atomic(path, write)
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file is missing")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err})") from err
+
+
+def _read_safetensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file is missing")
+    try:
+        return load_file(path, device=str(device))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from err
+
+
+def _shared_with(state: Mapping[str, torch.Tensor]) -> dict[str, set[str]]:
+    """For each state-dict name, the other names whose tensors share its storage (ties)."""
+    by_storage: dict[tuple[int, int], set[str]] = {}
+    for name, t in state.items():
+        if t.numel() == 0:
+            continue
+        key = (t.untyped_storage().data_ptr(), t.storage_offset())
+        by_storage.setdefault(key, set()).add(name)
+    return {name: group - {name} for group in by_storage.values() for name in group}
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def save_weights(path: str | os.PathLike, model: nn.Module) -> None:
+    """Write ``model.state_dict()`` as safetensors (tied tensors are stored once)."""
+    _write_atomic(Path(path), lambda tmp: save_model(model, str(tmp)))
+
+
+def load_weights(path: str | os.PathLike, model: nn.Module) -> nn.Module:
+    """Load a safetensors file into ``model`` in place, after checking names and shapes.
+
+    Raises:
+        CheckpointError: the file is missing or corrupt, a tensor is missing or
+            unexpected, or a tensor's shape differs from the model's.
+    """
+    path = Path(path)
+    expected = model.state_dict()
+    device = next((t.device for t in expected.values()), torch.device("cpu"))
+    tensors = _read_safetensors(path, device)
+    ties = _shared_with(expected)
+    missing = [n for n in expected if n not in tensors and not (ties.get(n, set()) & set(tensors))]
+    unexpected = [n for n in tensors if n not in expected]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: tensors do not match {type(model).__name__}; "
+            f"missing {sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}"
+        )
+    for name, t in tensors.items():
+        if t.shape != expected[name].shape:
+            raise CheckpointError(
+                f"{path}: tensor '{name}' has shape {tuple(t.shape)} but the model built "
+                f"from the config expects {tuple(expected[name].shape)} "
+                "(config.json and model.safetensors disagree)"
+            )
+    model.load_state_dict(tensors, strict=False)  # strict checks were done above, with ties
+    return model
+
+
+# --------------------------------------------------------------------------- optimizer
+
+
+def save_optimizer(directory: str | os.PathLike, optimizer: torch.optim.Optimizer) -> dict:
+    """Flatten an optimizer's state: tensors to ``optimizer.safetensors``, the rest returned.
+
+    ``optimizer.state_dict()`` is ``{"state": {i: {name: tensor | scalar}}, "param_groups":
+    [...]}``; tensors go to the safetensors file as ``state.{i}.{name}``, scalars and the
+    param groups come back as a JSON-ready dict (stored in ``trainer_state.json``).
+    """
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, entry in sd["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{idx}.{key}"] = value.detach().contiguous().cpu()
+            else:
+                scalars.setdefault(str(idx), {})[key] = value
+    groups = [
+        {k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()}
+        for g in sd["param_groups"]
+    ]
+    _write_atomic(Path(directory) / OPTIMIZER_FILE, lambda tmp: save_file(tensors, str(tmp)))
+    return {"param_groups": groups, "scalar_state": scalars}
+
+
+def load_optimizer(
+    directory: str | os.PathLike, optimizer: torch.optim.Optimizer, saved: dict
+) -> None:
+    """Restore ``optimizer`` from ``optimizer.safetensors`` and the dict ``save_optimizer`` gave."""
+    path = Path(directory) / OPTIMIZER_FILE
+    tensors = _read_safetensors(path)
+    state: dict[int, dict[str, Any]] = {}
+    for name, t in tensors.items():
+        parts = name.split(".")
+        if len(parts) != 3 or parts[0] != "state" or not parts[1].isdigit():
+            raise CheckpointError(f"{path}: unexpected tensor name '{name}'")
+        state.setdefault(int(parts[1]), {})[parts[2]] = t
+    for idx, entry in saved.get("scalar_state", {}).items():
+        state.setdefault(int(idx), {}).update(entry)
+    try:
+        groups = [
+            {k: (tuple(v) if k == "betas" else v) for k, v in g.items()}
+            for g in saved["param_groups"]
+        ]
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        for idx, entry in state.items():
+            for key, t in entry.items():
+                shaped = isinstance(t, torch.Tensor) and t.dim() > 0
+                if shaped and t.shape != params[idx].shape:
+                    raise CheckpointError(
+                        f"{path}: state.{idx}.{key} has shape {tuple(t.shape)}, "
+                        f"parameter {idx} has shape {tuple(params[idx].shape)}"
+                    )
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+    except (KeyError, IndexError, ValueError, TypeError) as err:
+        raise CheckpointError(f"{path}: optimizer state does not fit this model ({err})") from err
+
+
+# --------------------------------------------------------------------------- directories
+
+
+def save_checkpoint(
+    directory: str | os.PathLike,
+    model: nn.Module,
+    model_config: Any,
+    *,
+    train_config: Any = None,
+    metrics: Mapping[str, Any] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    trainer_state: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint directory (see the module docstring); returns its path.
+
+    ``optimizer`` and ``trainer_state`` are only needed to resume training; a
+    checkpoint without them still loads for inference.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_weights(directory / WEIGHTS_FILE, model)
+    cls = type(model)
+    config = {
+        "format_version": FORMAT_VERSION,
+        "model_class": f"{cls.__module__}.{cls.__qualname__}",
+        "model": config_to_dict(model_config),
+        "train": config_to_dict(train_config) if train_config is not None else None,
+    }
+    _write_json(directory / CONFIG_FILE, config)
+    _write_json(directory / METRICS_FILE, dict(metrics or {}))
+    if optimizer is not None:
+        state = dict(trainer_state or {})
+        state["optimizer"] = save_optimizer(directory, optimizer)
+        _write_json(directory / TRAINER_STATE_FILE, state)
+    return directory
+
+
+def read_config(directory: str | os.PathLike) -> dict[str, Any]:
+    """The parsed ``config.json`` of a checkpoint, checked for its required keys."""
+    path = Path(directory) / CONFIG_FILE
+    config = _read_json(path)
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        raise CheckpointError(f"{path}: expected an object with a 'model' section")
+    version = config.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format_version {version!r}, expected {FORMAT_VERSION}")
+    return config
+
+
+def read_metrics(directory: str | os.PathLike) -> dict[str, Any]:
+    """The parsed ``metrics.json`` of a checkpoint."""
+    path = Path(directory) / METRICS_FILE
+    metrics = _read_json(path)
+    if not isinstance(metrics, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return metrics
+
+
+def read_trainer_state(directory: str | os.PathLike) -> dict[str, Any]:
+    """The parsed ``trainer_state.json`` (present only in resumable checkpoints)."""
+    path = Path(directory) / TRAINER_STATE_FILE
+    state = _read_json(path)
+    if not isinstance(state, dict) or "step" not in state or "optimizer" not in state:
+        raise CheckpointError(f"{path}: expected an object with 'step' and 'optimizer'")
+    return state
+
+
+def _build_config(config_cls: type, values: dict[str, Any], path: Path) -> Any:
+    try:
+        if hasattr(config_cls, "from_dict"):
+            return config_cls.from_dict(values)
+        return config_cls(**values)
+    except (TypeError, ValueError, KeyError) as err:
+        raise CheckpointError(
+            f"{path}: the 'model' section is not a valid {config_cls.__name__} ({err})"
+        ) from err
+
+
+def load_checkpoint(
+    directory: str | os.PathLike,
+    model_cls: type[nn.Module] | None = None,
+    config_cls: type | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[nn.Module, Any, dict[str, Any]]:
+    """Rebuild a model from a checkpoint directory: ``(model, model_config, metrics)``.
+
+    Args:
+        directory: the checkpoint directory.
+        model_cls: the model class, called as ``model_cls(config)``; default
+            ``decoding_gpt.transformer.GPT``.
+        config_cls: the config class (``from_dict`` is used when it has one);
+            default ``decoding_gpt.transformer.GPTConfig``.
+        device: where the weights are loaded.
+
+    The model comes back in eval mode.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: checkpoint directory does not exist")
+    if model_cls is None or config_cls is None:
+        from decoding_gpt.transformer import GPT, GPTConfig  # lazy: keep this module light
+
+        model_cls = model_cls or GPT
+        config_cls = config_cls or GPTConfig
+    config = read_config(directory)
+    model_config = _build_config(config_cls, config["model"], directory / CONFIG_FILE)
+    metrics = read_metrics(directory)
+    model = model_cls(model_config).to(device)
+    load_weights(directory / WEIGHTS_FILE, model)
+    return model.eval(), model_config, metrics

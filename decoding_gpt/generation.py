@@ -1,0 +1,159 @@
+"""Sampling text from a language model, one token at a time.
+
+A language model gives ``p(t_{n+1} | t_1..t_n)`` as logits at the LAST position of its
+input. Generation repeats: read the logits at position ``-1``, turn them into a token
+(:func:`sample_next_token`), APPEND it to the sequence, feed the longer sequence back.
+
+Decoding rules, applied to the logits ``z`` of the next token:
+
+- greedy: ``argmax z`` (also ``temperature=0``);
+- temperature ``T``: sample from ``softmax(z / T)``; ``T < 1`` sharpens, ``T > 1`` flattens;
+- top-k: keep the ``k`` largest logits, set the rest to ``-inf`` (:func:`top_k_filter`);
+- top-p (nucleus, Holtzman et al. 2019): keep the smallest set of most likely tokens whose
+  total probability reaches ``p`` (:func:`top_p_filter`).
+
+**KV cache.** Attention at a new position needs the keys and values of every earlier
+position, which do not change when a token is appended (the model is causal). A
+:class:`KVCache` holds them per layer (``[batch, n_heads, pos, d_head]``, a
+:class:`~decoding_gpt.attention.LayerKVCache` per layer), so each step feeds only the
+newest token: ``O(pos)`` work per step instead of ``O(pos^2)``. The result is the same as
+without the cache (tested). When the sequence outgrows the context ``n_ctx`` the window
+slides: every position's embedding (its position index, and for multi-layer models the
+residual stream it attended to) changes, so the cache is rebuilt from the last ``n_ctx``
+tokens at each such step.
+
+**Long prompts.** Only the last ``n_ctx`` tokens of a prompt condition the model
+(truncation on the left); the returned tensor still holds the whole prompt.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from decoding_gpt.attention import LayerKVCache
+
+
+class KVCache:
+    """Per-layer keys and values of the positions a model has already processed."""
+
+    def __init__(self, n_layers: int):
+        self.layers = [LayerKVCache() for _ in range(n_layers)]
+
+    @property
+    def length(self) -> int:
+        """Number of cached positions (the position index of the next token)."""
+        return self.layers[0].length if self.layers else 0
+
+
+def top_k_filter(logits: Float[Tensor, "batch vocab"], k: int) -> Float[Tensor, "batch vocab"]:
+    """Keep the ``k`` largest logits of each row; set the others to ``-inf``."""
+    if k < 1:
+        raise ValueError(f"top_k must be >= 1, got {k}")
+    k = min(k, logits.shape[-1])
+    kth_largest = logits.topk(k, dim=-1).values[..., -1:]  # [batch, 1]
+    return logits.masked_fill(logits < kth_largest, float("-inf"))
+
+
+def top_p_filter(logits: Float[Tensor, "batch vocab"], p: float) -> Float[Tensor, "batch vocab"]:
+    """Nucleus filter: keep the most likely tokens until their probability reaches ``p``.
+
+    A token is kept if the probability mass of the tokens strictly more likely than it is
+    below ``p``; so the most likely token is always kept.
+    """
+    if not 0.0 < p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {p}")
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    probs = sorted_logits.softmax(dim=-1)
+    mass_before = probs.cumsum(dim=-1) - probs  # mass of strictly more likely tokens
+    drop_sorted = mass_before >= p
+    drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def sample_next_token(
+    logits: Float[Tensor, "batch vocab"],
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    greedy: bool = False,
+    generator: torch.Generator | None = None,
+) -> Int[Tensor, " batch"]:
+    """Pick one token per row of ``logits`` (greedy, or sampled after the filters)."""
+    if logits.ndim != 2:
+        raise ValueError(f"logits must be [batch, vocab], got shape {tuple(logits.shape)}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if greedy or temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        logits = top_k_filter(logits, top_k)
+    if top_p is not None:
+        logits = top_p_filter(logits, top_p)
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(
+    model: Any,
+    tokens: Int[Tensor, "... pos"],
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    greedy: bool = False,
+    seed: int | None = None,
+    use_kv_cache: bool = True,
+    eos_token_id: int | None = None,
+) -> Int[Tensor, "... pos_out"]:
+    """Return ``tokens`` followed by up to ``max_new_tokens`` generated tokens.
+
+    ``model`` is a :class:`decoding_gpt.transformer.GPT` (anything with ``cfg.n_ctx``,
+    ``cfg.n_layers`` and ``forward(tokens, kv_cache=...)`` returning logits). ``tokens`` is
+    ``[pos]`` or ``[batch, pos]`` (the output has the same rank). ``seed`` makes sampling
+    reproducible without touching the global RNG. With ``eos_token_id`` generation stops
+    once every row has produced it (finished rows are padded with it).
+    """
+    if tokens.ndim not in (1, 2) or tokens.shape[-1] == 0:
+        raise ValueError(
+            f"tokens must be a non-empty [pos] or [batch, pos], got {tuple(tokens.shape)}"
+        )
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    squeeze = tokens.ndim == 1
+    seq = (tokens[None] if squeeze else tokens).to(model.device).long()  # [batch, pos]
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=seq.device).manual_seed(seed)
+    n_ctx, cache = model.cfg.n_ctx, None
+    finished = torch.zeros(seq.shape[0], dtype=torch.bool, device=seq.device)
+    was_training = model.training
+    model.eval()
+    for _ in range(max_new_tokens):
+        if not use_kv_cache:
+            logits = model(seq[:, -n_ctx:])
+        elif cache is not None and seq.shape[1] <= n_ctx:
+            logits = model(seq[:, -1:], kv_cache=cache)  # only the newest token
+        else:  # first step, or the window slid: rebuild the cache from the last n_ctx tokens
+            cache = KVCache(model.cfg.n_layers)
+            logits = model(seq[:, -n_ctx:], kv_cache=cache)
+        next_token = sample_next_token(
+            logits[:, -1, :],  # the LAST position predicts the next token
+            temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
+            generator=generator,
+        )  # fmt: skip
+        if eos_token_id is not None:
+            next_token = next_token.masked_fill(finished, eos_token_id)
+            finished |= next_token == eos_token_id
+        seq = torch.cat([seq, next_token[:, None]], dim=1)  # append: [batch, pos + 1]
+        if eos_token_id is not None and bool(finished.all()):
+            break
+    model.train(was_training)
+    return seq[0] if squeeze else seq

@@ -1,0 +1,209 @@
+"""Registry of shipped models: integrity checks, loading, and hub fallback."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+
+from decoding_gpt.checkpoint import file_sha256, load_checkpoint
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+MODELS_DIR = PACKAGE_DIR / "models"
+REGISTRY_FILE = PACKAGE_DIR / "registry.json"
+HUB_PROBE_TIMEOUT_S = 3.0
+OFFLINE_VALUES = {"1", "true", "yes", "on"}
+
+
+class PretrainedError(RuntimeError):
+    """A shipped model is unknown, missing, or its files do not match the registry."""
+
+
+class HubUnavailableError(PretrainedError):
+    """A hub model was requested but the hub cannot be reached (offline)."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One registry entry: what the model is and the sha256 of each of its files."""
+
+    name: str
+    description: str
+    lecture: str
+    tokenizer: str | None  # corpus name for decoding_gpt.data.get_tokenizer, or None
+    files: dict[str, str]  # file name -> sha256
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def _registry() -> dict[str, ModelInfo]:
+    if not REGISTRY_FILE.exists():
+        return {}
+    entries = json.loads(REGISTRY_FILE.read_text())
+    return {name: ModelInfo(name=name, **entry) for name, entry in entries.items()}
+
+
+def list_models() -> list[str]:
+    """Names of the shipped models, in registry order."""
+    return list(_registry())
+
+
+def model_info(name: str) -> ModelInfo:
+    """The registry entry of a shipped model (``PretrainedError`` if there is none)."""
+    registry = _registry()
+    if name not in registry:
+        raise PretrainedError(
+            f"{name!r} is not a shipped model; shipped models: {', '.join(registry) or 'none'}"
+        )
+    return registry[name]
+
+
+def model_dir(name: str) -> Path:
+    """The checkpoint folder of a shipped model."""
+    model_info(name)
+    return MODELS_DIR / name
+
+
+def verify(name: str) -> None:
+    """Check every file of a shipped model against the sha256 in the registry.
+
+    Raises:
+        PretrainedError: naming the file that is missing or whose content changed.
+    """
+    info, folder = model_info(name), MODELS_DIR / name
+    for file_name, expected in info.files.items():
+        path = folder / file_name
+        if not path.is_file():
+            raise PretrainedError(f"{path}: file of shipped model {name!r} is missing")
+        actual = file_sha256(path)
+        if actual != expected:
+            raise PretrainedError(
+                f"{path}: sha256 {actual[:12]}... does not match the registry's "
+                f"{expected[:12]}...; the file is corrupt or was modified "
+                "(restore it with `git checkout -- <file>`)"
+            )
+
+
+def load_native(name: str, device: str | torch.device | None = None):
+    """A shipped model as our own :class:`decoding_gpt.transformer.GPT` (eval mode)."""
+    from decoding_gpt.device import get_device
+
+    verify(name)
+    model, _, _ = load_checkpoint(MODELS_DIR / name, device=device or get_device())
+    return model
+
+
+def load_tokenizer(name: str):
+    """The tokenizer of a shipped model as a ``PreTrainedTokenizerFast`` (or None)."""
+    info = model_info(name)
+    if info.tokenizer is None:
+        return None
+    from decoding_gpt.data import get_tokenizer
+    from decoding_gpt.tokenizer import as_pretrained_tokenizer_fast
+
+    return as_pretrained_tokenizer_fast(get_tokenizer(info.tokenizer))
+
+
+def load(name: str, device: str | torch.device | None = None):
+    """A model as a TransformerLens ``TransformerBridge``: shipped, or from the hub.
+
+    Shipped models load offline, with their tokenizer attached (``to_tokens``,
+    ``to_str_tokens`` and ``generate`` work). Any other name is resolved as a
+    TransformerLens model name (``"gpt2-small"``, ``"pythia-70m"``, ...) and loaded from
+    the hub, which fails fast with :class:`HubUnavailableError` when offline.
+    """
+    if name in _registry():
+        from decoding_gpt.convert import to_transformer_lens
+
+        return to_transformer_lens(load_native(name, device), tokenizer=load_tokenizer(name))
+    return _load_from_hub(name, device)
+
+
+def _hub_endpoint() -> tuple[str, int]:
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    return url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+
+
+def _check_hub_reachable(name: str) -> None:
+    """Raise ``HubUnavailableError`` quickly unless the hub answers on its port."""
+    shipped = ", ".join(list_models()) or "none"
+    hint = f"the shipped models work offline: {shipped}"
+    for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(variable, "").strip().lower() in OFFLINE_VALUES:
+            raise HubUnavailableError(f"{name!r} needs the hub but {variable} is set; {hint}")
+    host, port = _hub_endpoint()
+    start = time.monotonic()
+    try:
+        with socket.create_connection((host, port), timeout=HUB_PROBE_TIMEOUT_S):
+            return
+    except OSError as err:
+        waited = time.monotonic() - start
+        raise HubUnavailableError(
+            f"{name!r} needs the hub, which is unreachable ({type(err).__name__} after "
+            f"{waited:.1f} s); {hint}"
+        ) from err
+
+
+def _load_from_hub(name: str, device: str | torch.device | None):
+    from transformer_lens.supported_models import get_official_model_name
+
+    try:
+        official = get_official_model_name(name)
+    except ValueError:
+        shipped = ", ".join(list_models()) or "none"
+        raise PretrainedError(
+            f"unknown model name {name!r}: not a shipped model ({shipped}) and not a "
+            "TransformerLens model name (e.g. 'gpt2-small', 'pythia-70m')"
+        ) from None
+    _check_hub_reachable(name)
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from decoding_gpt.device import get_device
+
+    return TransformerBridge.boot_transformers(official, device=device or get_device())
+
+
+SHIPPED_FILES = ("model.safetensors", "config.json", "metrics.json")
+
+
+def register(
+    name: str,
+    checkpoint: str | os.PathLike,
+    *,
+    description: str,
+    lecture: str,
+    tokenizer: str | None,
+    metrics: dict[str, Any],
+    card: str,
+) -> ModelInfo:
+    """Maintainer tool: copy a trained checkpoint into the package and record its hashes.
+
+    ``metrics`` are the measured headline numbers (also written to the model card);
+    ``card`` is the model card's Markdown text.
+    """
+    import shutil
+
+    source, target = Path(checkpoint), MODELS_DIR / name
+    target.mkdir(parents=True, exist_ok=True)
+    for file_name in SHIPPED_FILES:
+        shutil.copy2(source / file_name, target / file_name)
+    (target / "card.md").write_text(card)
+    files = {file_name: file_sha256(target / file_name) for file_name in SHIPPED_FILES}
+    entries = json.loads(REGISTRY_FILE.read_text()) if REGISTRY_FILE.exists() else {}
+    entries[name] = {
+        "description": description,
+        "lecture": lecture,
+        "tokenizer": tokenizer,
+        "files": files,
+        "metrics": metrics,
+    }
+    REGISTRY_FILE.write_text(json.dumps(entries, indent=2) + "\n")
+    return model_info(name)

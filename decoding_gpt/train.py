@@ -1,0 +1,304 @@
+"""Command line: train a GPT from a TOML config.
+
+Usage::
+
+    python -m decoding_gpt.train configs/tiny-smoke.toml
+    python -m decoding_gpt.train CONFIG.toml --set train.steps=20 --set model.n_layers=1 --out DIR
+    python -m decoding_gpt.train CONFIG.toml --resume        # continue from DIR's checkpoint
+    torchrun --standalone --nproc_per_node=2 -m decoding_gpt.train CONFIG.toml   # DDP
+
+The config has three tables:
+
+``[model]``
+    ``decoding_gpt.transformer.GPTConfig`` fields (``d_vocab``, ``n_ctx``, ``d_model``, ...).
+``[data]``
+    one source:
+
+    - ``corpus = "NAME"``: ``decoding_gpt.data.load_token_array(NAME, "train"/"val")``
+      (optionally cut to ``n_tokens`` / ``val_n_tokens``); with ``repeat_fraction > 0``
+      the training stream is cut into ``n_ctx``-token rows and that fraction of the
+      rows is replaced by random spans written twice (``mix_repeated_rows``): copying
+      them is what induction heads do, and such rows make those heads form much
+      sooner. The validation split stays pure corpus;
+    - ``path = "train.npy"`` (and optionally ``val_path``; otherwise the last
+      ``val_fraction`` of the stream is held out): raw integer arrays, loaded with
+      ``allow_pickle=False``; relative paths are read from the config file's folder;
+    - ``kind = "random"``: uniform random tokens, ``n_seqs`` sequences of ``n_ctx``
+      tokens; a ``repeat_fraction`` of them are a random span written twice (the
+      second half is predictable by copying, which is what induction heads learn).
+``[train]``
+    ``decoding_gpt.training.TrainConfig`` fields.
+
+The run writes a checkpoint directory (``decoding_gpt.checkpoint``) to ``--out`` (or
+``train.out_dir``, default ``runs/<config name>``) and prints a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from decoding_gpt.device import set_seed
+from decoding_gpt.training import TrainConfig, init_distributed, train
+
+SECTIONS = ("model", "data", "train")
+
+
+# --------------------------------------------------------------------------- config
+
+
+def _parse_value(text: str) -> Any:
+    """A ``--set`` value as TOML (``20``, ``1e-3``, ``true``, ``"x"``); bare words as strings."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides to a parsed config (in place; returned)."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or section not in SECTIONS or not name:
+            raise ValueError(
+                f"--set expects SECTION.KEY=VALUE with SECTION in {SECTIONS}: {item!r}"
+            )
+        config.setdefault(section, {})[name] = _parse_value(value.strip())
+    return config
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Read a TOML run config and apply overrides; unknown tables are an error."""
+    path = Path(path)
+    try:
+        config = tomllib.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise SystemExit(f"{path}: config file not found") from err
+    except tomllib.TOMLDecodeError as err:
+        raise SystemExit(f"{path}: invalid TOML ({err})") from err
+    unknown = sorted(set(config) - set(SECTIONS))
+    if unknown:
+        raise SystemExit(f"{path}: unknown table(s) {unknown}; expected {list(SECTIONS)}")
+    return apply_overrides(config, overrides or [])
+
+
+# --------------------------------------------------------------------------- data
+
+
+def synthetic_tokens(
+    n_seqs: int, seq_len: int, d_vocab: int, repeat_fraction: float, seed: int
+) -> np.ndarray:
+    """Random token sequences ``[n_seqs, seq_len]``; a fraction repeat their first half.
+
+    A repeated sequence is ``s s`` for a random span ``s`` of ``seq_len // 2`` tokens
+    (then padded with one random token if ``seq_len`` is odd).
+    """
+    if not 0.0 <= repeat_fraction <= 1.0:
+        raise ValueError(f"repeat_fraction must be in [0, 1], got {repeat_fraction}")
+    rng = np.random.default_rng(seed)
+    dtype = np.uint16 if d_vocab <= 2**16 else np.int64
+    tokens = rng.integers(0, d_vocab, size=(n_seqs, seq_len)).astype(dtype)
+    half = seq_len // 2
+    repeated = rng.random(n_seqs) < repeat_fraction
+    tokens[repeated, half : 2 * half] = tokens[repeated, :half]
+    return tokens
+
+
+def mix_repeated_rows(
+    stream: np.ndarray, n_ctx: int, d_vocab: int, repeat_fraction: float, seed: int
+) -> np.ndarray:
+    """Cut a token stream into rows ``[n_rows, n_ctx]`` and make a fraction repeated spans.
+
+    Each chosen row becomes ``s s`` for a uniform random span ``s`` of ``n_ctx // 2``
+    tokens (see :func:`synthetic_tokens`); the other rows are consecutive corpus windows.
+    Rows are chosen by a seeded generator, so the mixture is reproducible.
+    """
+    n_rows = len(stream) // n_ctx
+    if n_rows == 0:
+        raise ValueError(f"a stream of {len(stream)} tokens holds no row of n_ctx={n_ctx}")
+    rows = np.array(stream[: n_rows * n_ctx]).reshape(n_rows, n_ctx)
+    rng = np.random.default_rng(seed)
+    chosen = np.flatnonzero(rng.random(n_rows) < repeat_fraction)
+    repeated = synthetic_tokens(len(chosen), n_ctx, d_vocab, 1.0, seed + 1)
+    rows[chosen] = repeated.astype(rows.dtype)
+    return rows
+
+
+def _resolve_path(value: str, base: Path) -> Path:
+    path = Path(value)
+    if not path.is_absolute() and (base / path).exists():
+        return base / path
+    return path
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except FileNotFoundError as err:
+        raise SystemExit(f"{path}: data file not found") from err
+    except ValueError as err:
+        raise SystemExit(f"{path}: not a plain numeric .npy array ({err})") from err
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise SystemExit(f"{path}: token ids must be integers, got dtype {arr.dtype}")
+    return arr
+
+
+def load_data(
+    section: dict[str, Any], *, n_ctx: int, d_vocab: int, seed: int, base: Path = Path(".")
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The ``(train, val)`` token arrays named by a config's ``[data]`` table."""
+    section = dict(section)
+    if "corpus" in section:
+        from decoding_gpt.data import load_token_array  # lazy: only runs that use a corpus
+
+        name = section["corpus"]
+        n_train, n_val = section.get("n_tokens"), section.get("val_n_tokens")
+        train_arr = load_token_array(name, "train", n_tokens=n_train)
+        frac = float(section.get("repeat_fraction", 0.0))
+        if frac > 0:
+            seed_ = int(section.get("seed", seed))
+            train_arr = mix_repeated_rows(train_arr, n_ctx, d_vocab, frac, seed_)
+        return train_arr, load_token_array(name, "val", n_tokens=n_val)
+    if "path" in section:
+        train_arr = _load_npy(_resolve_path(section["path"], base))
+        if "val_path" in section:
+            return train_arr, _load_npy(_resolve_path(section["val_path"], base))
+        frac = float(section.get("val_fraction", 0.1))
+        if frac <= 0:
+            return train_arr, None
+        cut = int(len(train_arr) * (1 - frac))
+        return train_arr[:cut], train_arr[cut:]
+    kind = section.get("kind", "random")
+    if kind != "random":
+        raise SystemExit(f"[data]: give corpus=..., path=..., or kind='random' (got kind={kind!r})")
+    n_seqs = int(section.get("n_seqs", 2048))
+    vocab = int(section.get("vocab", d_vocab))
+    frac = float(section.get("repeat_fraction", 0.0))
+    data_seed = int(section.get("seed", seed))
+    train_arr = synthetic_tokens(n_seqs, n_ctx, vocab, frac, data_seed)
+    val_arr = synthetic_tokens(max(1, n_seqs // 8), n_ctx, vocab, frac, data_seed + 1)
+    return train_arr, val_arr
+
+
+def _check_vocab(arr: np.ndarray | None, d_vocab: int, what: str) -> None:
+    if arr is None or arr.size == 0:
+        return
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo < 0 or hi >= d_vocab:
+        raise SystemExit(
+            f"{what} data holds token ids in [{lo}, {hi}] but model.d_vocab = {d_vocab}"
+        )
+
+
+# --------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m decoding_gpt.train", description="Train a GPT from a TOML config."
+    )
+    parser.add_argument("config", help="TOML file with [model], [data], [train] tables")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config value (repeatable), e.g. --set train.steps=20",
+    )
+    parser.add_argument("--out", help="checkpoint directory (overrides train.out_dir)")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the checkpoint in the out directory"
+    )
+    return parser
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Build the model and data from the config, train, and return the history."""
+    from decoding_gpt.transformer import GPT, GPTConfig  # lazy: `--help` stays fast
+
+    config_path = Path(args.config)
+    config = load_config(config_path, args.overrides)
+    train_section = dict(config.get("train", {}))
+    if args.out:
+        train_section["out_dir"] = args.out
+    train_section.setdefault("out_dir", str(Path("runs") / config_path.stem))
+    try:
+        train_cfg = TrainConfig.from_dict(train_section)
+        model_cfg = GPTConfig(**config.get("model", {}))
+    except (TypeError, ValueError) as err:
+        raise SystemExit(f"{config_path}: {err}") from err
+
+    info = init_distributed(train_cfg.device)
+    set_seed(train_cfg.seed, deterministic=False)  # same seed: every rank builds the same model
+    train_data, val_data = load_data(
+        config.get("data", {}),
+        n_ctx=model_cfg.n_ctx,
+        d_vocab=model_cfg.d_vocab,
+        seed=train_cfg.seed,
+        base=config_path.parent,
+    )
+    _check_vocab(train_data, model_cfg.d_vocab, "train")
+    _check_vocab(val_data, model_cfg.d_vocab, "val")
+    model = GPT(model_cfg)
+
+    resume = None
+    if args.resume:
+        resume = Path(train_cfg.out_dir)
+        if not (resume / "trainer_state.json").is_file():
+            raise SystemExit(f"--resume: no resumable checkpoint in {resume}")
+    start = time.perf_counter()
+    history = train(
+        model, train_data, val_data, train_cfg, model_config=model_cfg, resume_from=resume
+    )
+    wall = time.perf_counter() - start
+    if info.is_main:
+        _print_summary(model, history, train_cfg, info.world_size, wall)
+    return history
+
+
+def _print_summary(model, history, cfg: TrainConfig, world_size: int, wall: float) -> None:
+    n_params = sum(p.numel() for p in model.parameters())
+
+    def last(key: str) -> float:
+        return history[key][-1] if history[key] else math.nan
+
+    lines = [
+        f"params          {n_params:,}",
+        f"steps           {history['step'][-1] if history['step'] else 0} "
+        f"(world size {world_size})",
+        f"train loss      {last('train_loss'):.4f}",
+        f"val loss        {last('val_loss'):.4f}",
+        f"tokens/s        {history['tokens_per_s']:,.0f}",
+        f"wall time       {wall:.1f} s",
+        f"checkpoint      {cfg.out_dir}",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m decoding_gpt.train`` and the ``dgpt-train`` script."""
+    args = build_parser().parse_args(argv)
+    precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")  # TF32 matmuls on CUDA; no effect on CPU
+    try:
+        run(args)
+    finally:
+        torch.set_float32_matmul_precision(precision)  # main() may run inside a test process
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""Generation: the sampling rules in closed form, and ``generate`` against step-by-step
+recomputation with the plain forward pass (no cache, no helper)."""
+
+import pytest
+import torch
+
+from decoding_gpt.generation import (
+    KVCache,
+    generate,
+    sample_next_token,
+    top_k_filter,
+    top_p_filter,
+)
+from decoding_gpt.transformer import GPT, GPTConfig
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a loaded 2-core machine
+    OpenMP threads contend (a 7 ms forward became 120 ms); run single-threaded."""
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n_threads)
+
+
+N_CTX, VOCAB = 12, 29
+
+
+def model_for(pos_type="standard") -> GPT:
+    torch.manual_seed(0)
+    cfg = GPTConfig(
+        d_vocab=VOCAB, n_ctx=N_CTX, d_model=32, n_layers=2, n_heads=4, init_range=0.5,
+        positional_embedding_type=pos_type,
+    )  # fmt: skip
+    return GPT(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def model() -> GPT:
+    return model_for()
+
+
+def prompt(batch=2, pos=5, seed=3):
+    return torch.randint(0, VOCAB, (batch, pos), generator=torch.Generator().manual_seed(seed))
+
+
+# --------------------------------------------------------------------------- filters
+def test_top_k_keeps_exactly_the_k_largest():
+    logits = torch.randn(4, 50)
+    kept = torch.isfinite(top_k_filter(logits, 5))
+    expected = torch.zeros_like(kept).scatter(1, logits.topk(5).indices, True)
+    assert torch.equal(kept, expected)
+    assert torch.isfinite(top_k_filter(logits, 500)).all()  # k > vocab keeps everything
+    with pytest.raises(ValueError, match="top_k"):
+        top_k_filter(logits, 0)
+
+
+@pytest.mark.parametrize("p, kept", [(0.4, [0]), (0.7, [0, 1]), (0.8, [0, 1]), (0.81, [0, 1, 2])])
+def test_top_p_keeps_the_smallest_nucleus(p, kept):
+    probs = torch.tensor([[0.15, 0.5, 0.05, 0.3]])  # sorted: 0.5 (1), 0.3 (3), 0.15 (0), 0.05
+    order = [1, 3, 0, 2]
+    out = top_p_filter(probs.log(), p)
+    assert torch.isfinite(out[0]).nonzero().flatten().tolist() == sorted(order[i] for i in kept)
+    with pytest.raises(ValueError, match="top_p"):
+        top_p_filter(probs.log(), 0.0)
+
+
+def test_sample_next_token_rules():
+    logits = torch.randn(3, 20)
+    argmax = logits.argmax(-1)
+    assert torch.equal(sample_next_token(logits, greedy=True), argmax)
+    assert torch.equal(sample_next_token(logits, temperature=0), argmax)
+    assert torch.equal(sample_next_token(logits, top_k=1), argmax)
+    g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    assert torch.equal(
+        sample_next_token(logits, generator=g1), sample_next_token(logits, generator=g2)
+    )
+    with pytest.raises(ValueError, match=r"\[batch, vocab\]"):
+        sample_next_token(logits[0])
+
+
+def test_sampling_frequencies_follow_softmax_of_logits_over_temperature():
+    logits = torch.tensor([[1.0, 0.0, -1.0, 0.5]]).expand(20000, 4)
+    g = torch.Generator().manual_seed(0)
+    samples = sample_next_token(logits, temperature=2.0, generator=g)
+    freq = torch.bincount(samples, minlength=4).float() / 20000
+    expected = torch.softmax(logits[0] / 2.0, dim=-1)
+    torch.testing.assert_close(freq, expected, atol=0.015, rtol=0)  # ~4 sigma at n = 20000
+
+
+# --------------------------------------------------------------------------- generate
+def test_generate_appends_argmax_of_the_last_position(model):
+    """Reference: recompute the full forward pass at every step, take logits[:, -1]."""
+    start = prompt()
+    out = generate(model, start, 6, greedy=True)
+    assert out.shape == (2, 5 + 6)
+    assert torch.equal(out[:, :5], start)
+    seq = start
+    for _ in range(6):
+        seq = torch.cat([seq, model(seq)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(out, seq)
+
+
+@pytest.mark.parametrize("pos_type", ["standard", "rotary"])
+@pytest.mark.parametrize("sampling", [{"greedy": True}, {"seed": 11, "top_k": 10, "top_p": 0.9}])
+def test_kv_cache_generation_equals_no_cache(pos_type, sampling):
+    model = model_for(pos_type)
+    start = prompt(pos=7)  # 7 + 9 > n_ctx = 12: the window slides during generation
+    with_cache = generate(model, start, 9, use_kv_cache=True, **sampling)
+    without = generate(model, start, 9, use_kv_cache=False, **sampling)
+    assert torch.equal(with_cache, without)
+
+
+def test_kv_cache_logits_equal_full_forward(model):
+    seq, cache = prompt(pos=8), KVCache(model.cfg.n_layers)
+    logits = [model(seq[:, :5], kv_cache=cache)]
+    logits += [model(seq[:, t : t + 1], kv_cache=cache) for t in range(5, 8)]
+    assert cache.length == 8
+    torch.testing.assert_close(torch.cat(logits, dim=1), model(seq), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="n_ctx"):
+        model(prompt(pos=5), kv_cache=cache)  # 8 cached + 5 new > 12
+
+
+def test_seeded_generation_is_deterministic(model):
+    a = generate(model, prompt(), 8, seed=1)
+    b = generate(model, prompt(), 8, seed=1)
+    c = generate(model, prompt(), 8, seed=2)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_long_prompt_is_truncated_on_the_left(model):
+    long = prompt(batch=1, pos=20)  # longer than n_ctx = 12
+    out = generate(model, long, 4, greedy=True)
+    assert out.shape == (1, 24) and torch.equal(out[:, :20], long)
+    short = generate(model, long[:, -N_CTX:], 4, greedy=True)
+    assert torch.equal(out[:, 20:], short[:, N_CTX:])
+
+
+def test_one_dimensional_prompt_and_method(model):
+    start = prompt(batch=1)[0]
+    out = model.generate(start, 3, greedy=True)
+    assert out.shape == (8,)
+    assert torch.equal(out, generate(model, start[None], 3, greedy=True)[0])
+    assert torch.equal(generate(model, start, 0), start)
+
+
+def test_eos_stops_generation_and_pads_finished_rows(model):
+    start = prompt(batch=1)
+    first = generate(model, start, 1, greedy=True)[0, -1].item()
+    out = generate(model, start, 10, greedy=True, eos_token_id=first)
+    assert out.shape == (1, 6) and out[0, -1].item() == first
+
+
+def test_generate_restores_training_mode_and_rejects_bad_input(model):
+    model.train()
+    generate(model, prompt(), 2)
+    assert model.training
+    model.eval()
+    with pytest.raises(ValueError, match="non-empty"):
+        generate(model, torch.zeros(1, 0, dtype=torch.long), 2)
+    with pytest.raises(ValueError, match="non-empty"):
+        generate(model, torch.zeros(1, 2, 3, dtype=torch.long), 2)

@@ -1,0 +1,108 @@
+"""decoding_gpt.pretrained: integrity checks, loading, and the offline hub path."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+
+from decoding_gpt import pretrained
+from decoding_gpt.pretrained import registry
+
+SHIPPED = pretrained.list_models()
+
+
+@pytest.fixture
+def fake_registry(tmp_path, monkeypatch):
+    """A registry holding one tiny freshly trained-from-init model."""
+    from decoding_gpt.checkpoint import save_checkpoint
+    from decoding_gpt.transformer import GPT, GPTConfig
+
+    monkeypatch.setattr(registry, "MODELS_DIR", tmp_path / "models")
+    monkeypatch.setattr(registry, "REGISTRY_FILE", tmp_path / "registry.json")
+    torch.manual_seed(0)
+    config = GPTConfig(d_vocab=50, n_ctx=16, d_model=32, n_layers=1, n_heads=2)
+    model = GPT(config)
+    save_checkpoint(tmp_path / "ckpt", model, config, metrics={"val_loss": 3.9})
+    registry.register(
+        "tiny", tmp_path / "ckpt", description="test", lecture="none", tokenizer=None,
+        metrics={"val_loss": 3.9}, card="# tiny\n",
+    )  # fmt: skip
+    return model
+
+
+def test_register_and_load_native_round_trip(fake_registry):
+    loaded = pretrained.load_native("tiny", device="cpu")
+    tokens = torch.randint(0, 50, (2, 16))
+    torch.testing.assert_close(loaded(tokens), fake_registry.eval()(tokens))
+
+
+def test_bridge_and_native_give_the_same_logits(fake_registry):
+    bridge, native = pretrained.load("tiny", device="cpu"), pretrained.load_native("tiny", "cpu")
+    tokens = torch.randint(0, 50, (2, 16))
+    torch.testing.assert_close(bridge(tokens), native(tokens), atol=1e-4, rtol=1e-4)
+
+
+def test_corrupt_weight_file_is_named(fake_registry):
+    weights = registry.MODELS_DIR / "tiny" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(pretrained.PretrainedError, match=r"model\.safetensors.*sha256"):
+        pretrained.load_native("tiny")
+
+
+def test_missing_file_is_named(fake_registry):
+    (registry.MODELS_DIR / "tiny" / "config.json").unlink()
+    with pytest.raises(pretrained.PretrainedError, match=r"config\.json.*missing"):
+        pretrained.load_native("tiny")
+
+
+def test_unknown_name_lists_shipped_models(fake_registry):
+    with pytest.raises(pretrained.PretrainedError, match="tiny"):
+        pretrained.load("definitely-not-a-model")
+
+
+@pytest.mark.parametrize("name", ["gpt2-small", "pythia-70m"])
+def test_hub_model_offline_fails_fast_with_alternatives(monkeypatch, fake_registry, name):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.monotonic()
+    with pytest.raises(pretrained.HubUnavailableError, match="shipped models work offline: tiny"):
+        pretrained.load(name)
+    assert time.monotonic() - start < 5  # the issue's bound; hub retries take ~25 s
+
+
+def test_hub_unreachable_without_offline_variable_fails_fast(monkeypatch, fake_registry):
+    for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(variable, raising=False)
+    # A closed loopback port stands for an unreachable hub, on- or offline.
+    monkeypatch.setattr(registry, "_hub_endpoint", lambda: ("127.0.0.1", 9))
+    start = time.monotonic()
+    with pytest.raises(pretrained.HubUnavailableError, match="unreachable"):
+        pretrained.load("gpt2-small")
+    assert time.monotonic() - start < 5
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_model_files_match_registry(name):
+    pretrained.verify(name)
+    card = (pretrained.model_dir(name) / "card.md").read_text()
+    assert name in card
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_model_loads_offline_both_ways(name):
+    info = pretrained.model_info(name)
+    native = pretrained.load_native(name, device="cpu")
+    bridge = pretrained.load(name, device="cpu")
+    tokens = torch.randint(0, native.cfg.d_vocab, (1, min(16, native.cfg.n_ctx)))
+    torch.testing.assert_close(bridge(tokens), native(tokens), atol=1e-4, rtol=1e-4)
+    if info.tokenizer is not None:
+        text = bridge.to_string(bridge.to_tokens("Once upon a time", prepend_bos=False)[0])
+        assert text == "Once upon a time"
+
+
+def test_registry_file_is_valid_json():
+    json.loads(registry.REGISTRY_FILE.read_text())

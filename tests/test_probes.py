@@ -1,0 +1,161 @@
+"""Probes (decoding_gpt.probes): closed forms vs numpy/sklearn, planted directions,
+document splits, control tasks, and interventions vs a hand-written hook."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.linear_model import Ridge
+
+from decoding_gpt.probes import (
+    accuracy,
+    add_direction,
+    control_labels,
+    fit_linear_probe,
+    fit_logistic_probe,
+    selectivity,
+    split_by_document,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _planted(n: int = 2000, d: int = 32, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    u = F.normalize(torch.randn(d, generator=gen), dim=0)
+    x = torch.randn(n, d, generator=gen) * 2.0
+    score = x @ u + 0.3 * torch.randn(n, generator=gen)
+    return x, u, score
+
+
+def test_least_squares_matches_numpy():
+    x, _, score = _planted(500, 16)
+    probe = fit_linear_probe(x, score)
+    design = np.c_[x.numpy().astype(np.float64), np.ones(len(x))]
+    ref, *_ = np.linalg.lstsq(design, score.numpy().astype(np.float64), rcond=None)
+    np.testing.assert_allclose(probe.w[:, 0].numpy(), ref[:-1], atol=1e-4)
+    np.testing.assert_allclose(probe.b.numpy(), ref[-1:], atol=1e-4)
+
+
+def test_ridge_matches_sklearn():
+    x, _, score = _planted(300, 16, seed=1)
+    y = torch.stack([score, -2 * score + 1], dim=1)
+    probe = fit_linear_probe(x, y, lam=50.0)
+    ref = Ridge(alpha=50.0).fit(x.double().numpy(), y.double().numpy())
+    np.testing.assert_allclose(probe.w.T.numpy(), ref.coef_, atol=1e-4)
+    np.testing.assert_allclose(probe.b.numpy(), ref.intercept_, atol=1e-4)
+    expected = torch.tensor(ref.predict(x[:5].double().numpy())).float()
+    torch.testing.assert_close(probe.predict(x[:5]), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_linear_probe_recovers_planted_direction():
+    x, u, score = _planted()
+    probe = fit_linear_probe(x, score)
+    assert F.cosine_similarity(probe.direction, u, dim=0) > 0.9
+
+
+def test_logistic_probe_recovers_planted_direction():
+    x, u, score = _planted()
+    y = (score > 0).long()
+    doc = torch.arange(len(x)) // 20  # 100 documents of 20 tokens
+    train, test = split_by_document(doc, 0.25)
+    probe = fit_logistic_probe(x[train], y[train])
+    assert F.cosine_similarity(probe.direction(), u, dim=0) > 0.9
+    assert accuracy(probe, x[test], y[test]) > 0.9
+
+
+def test_multiclass_probe():
+    gen = torch.Generator().manual_seed(3)
+    centres = torch.randn(4, 16, generator=gen) * 3
+    y = torch.randint(0, 4, (800,), generator=gen)
+    x = centres[y] + torch.randn(800, 16, generator=gen)
+    probe = fit_logistic_probe(x[:600], y[:600])
+    assert probe.linear.out_features == 4
+    assert accuracy(probe, x[600:], y[600:]) > 0.9
+
+
+def test_split_is_by_document():
+    doc = torch.repeat_interleave(torch.arange(50), torch.randint(1, 30, (50,)))
+    train, test = split_by_document(doc, 0.2, seed=1)
+    assert (train ^ test).all()
+    assert set(doc[train].tolist()).isdisjoint(doc[test].tolist())
+    assert len(doc[test].unique()) == 10
+    with pytest.raises(ValueError):
+        split_by_document(torch.zeros(10, dtype=torch.long))
+
+
+def test_control_task_and_selectivity():
+    # Activations = a word type's embedding + noise; the task label is linear in the
+    # embedding, the control label is random per type (Hewitt & Liang).
+    gen = torch.Generator().manual_seed(0)
+    n_types, d = 300, 8
+    emb = torch.randn(n_types, d, generator=gen)
+    task_of_type = (emb[:, 0] > 0).long()
+    word = torch.randint(0, n_types, (6000,), generator=gen)
+    x = emb[word] + 0.1 * torch.randn(6000, d, generator=gen)
+    y = task_of_type[word]
+    y_ctrl = control_labels(word, y, seed=0)
+    # one label per type, drawn from the task's label distribution
+    for t in word.unique()[:50]:
+        assert y_ctrl[word == t].unique().numel() == 1
+    assert abs(y_ctrl.float().mean() - y.float().mean()) < 0.1
+    doc = torch.arange(6000) // 30
+    train, test = split_by_document(doc, 0.3)
+    task_acc = accuracy(fit_logistic_probe(x[train], y[train]), x[test], y[test])
+    ctrl_acc = accuracy(fit_logistic_probe(x[train], y_ctrl[train]), x[test], y_ctrl[test])
+    assert task_acc > 0.95
+    assert ctrl_acc < 0.75
+    assert selectivity(task_acc, ctrl_acc) == pytest.approx(task_acc - ctrl_acc)
+    assert selectivity(task_acc, ctrl_acc) > 0.2
+
+
+def test_bad_inputs_raise():
+    with pytest.raises(ValueError, match="rows"):
+        fit_linear_probe(torch.randn(5, 3), torch.randn(4))
+    with pytest.raises(ValueError, match="integer"):
+        fit_logistic_probe(torch.randn(5, 3), torch.rand(5))
+    with pytest.raises(ValueError, match="ridge"):
+        fit_linear_probe(torch.randn(5, 3), torch.randn(5), lam=-1)
+
+
+@pytest.fixture(scope="module")
+def model():
+    from transformer_lens.config import TransformerBridgeConfig
+    from transformer_lens.model_bridge import TransformerBridge
+
+    torch.manual_seed(0)
+    cfg = TransformerBridgeConfig(
+        n_layers=2, d_model=64, n_heads=4, d_head=16, d_vocab=100, n_ctx=64,
+        act_fn="gelu", normalization_type="LN", d_mlp=256,
+    )  # fmt: skip
+    return TransformerBridge.boot_native(cfg)
+
+
+def test_add_direction_matches_manual_hook(model):
+    hook = "blocks.0.hook_resid_post"
+    tokens = torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(0))
+    direction = torch.randn(64, generator=torch.Generator().manual_seed(1))
+    unit = direction / direction.norm()
+    clean = model(tokens)
+    manual = model.run_with_hooks(tokens, fwd_hooks=[(hook, lambda a, hook: a + 5.0 * unit)])
+    with add_direction(model, hook, direction, 5.0):
+        steered = model(tokens)
+    torch.testing.assert_close(steered, manual)
+    assert (steered - clean).abs().max() > 1e-2
+    torch.testing.assert_close(model(tokens), clean)  # hook removed on exit
+    # only the chosen positions move: earlier positions cannot see later ones
+    with add_direction(model, hook, direction, 5.0, positions=slice(5, None)):
+        partial = model(tokens)
+    late = model.run_with_hooks(
+        tokens, fwd_hooks=[(hook, lambda a, hook: torch.cat([a[:, :5], a[:, 5:] + 5.0 * unit], 1))]
+    )
+    torch.testing.assert_close(partial, late)
+    torch.testing.assert_close(partial[:, :5], clean[:, :5])

@@ -1,0 +1,152 @@
+"""Superposition (decoding_gpt.superposition): geometry vs closed forms, and the toy
+model reproducing Elhage et al.'s sparse-vs-dense result."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from decoding_gpt.superposition import (
+    ToyModel,
+    ToyModelConfig,
+    feature_dimensionality,
+    feature_norms,
+    generate_batch,
+    jl_dimension,
+    jl_project,
+    max_overlap,
+    n_features_represented,
+    overlap_stats,
+    phase_diagram,
+    random_unit_vectors,
+    superposition_ratio,
+    train_toy_model,
+    welch_bound,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_random_unit_vectors_are_nearly_orthogonal():
+    d = 64
+    v = random_unit_vectors(600, d, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(v.norm(dim=-1), torch.ones(600))
+    mean, var = overlap_stats(v)
+    assert abs(mean) < 0.01
+    assert var == pytest.approx(1 / d, rel=0.1)
+    assert max_overlap(v) >= welch_bound(600, d)
+
+
+def test_welch_bound_closed_forms():
+    assert welch_bound(3, 3) == 0.0  # an orthonormal basis exists
+    assert welch_bound(4, 2) == pytest.approx(math.sqrt(2 / 6))
+    # a regular simplex (d + 1 unit vectors in R^d, all dots -1/d) meets the bound
+    d = 5
+    e = torch.eye(d + 1) - 1 / (d + 1)  # centred basis spans a d-dim subspace
+    simplex = F.normalize(e, dim=-1).double()
+    assert max_overlap(simplex) == pytest.approx(1 / d)
+    assert welch_bound(d + 1, d) == pytest.approx(1 / d)
+    with pytest.raises(ValueError):
+        welch_bound(0, 3)
+
+
+def test_johnson_lindenstrauss():
+    n, eps = 50, 0.5
+    k = jl_dimension(n, eps)
+    assert k == math.ceil(4 * math.log(n) / (eps**2 / 2 - eps**3 / 3))
+    x = torch.randn(n, 2000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    y = jl_project(x, k, torch.Generator().manual_seed(1))
+    ratio = torch.pdist(y).pow(2) / torch.pdist(x).pow(2)
+    assert ((ratio > 1 - eps) & (ratio < 1 + eps)).all()
+    with pytest.raises(ValueError):
+        jl_dimension(10, 1.5)
+
+
+def _reference_dimensionality(w: torch.Tensor) -> torch.Tensor:
+    out = []
+    for i in range(w.shape[1]):
+        wi = w[:, i]
+        denom = sum(float((wi / wi.norm()) @ w[:, j]) ** 2 for j in range(w.shape[1]))
+        out.append(float(wi.norm()) ** 2 / denom)
+    return torch.tensor(out)
+
+
+def test_feature_dimensionality_known_geometries():
+    angles = torch.arange(5) * 2 * math.pi / 5
+    pentagon = torch.stack([angles.cos(), angles.sin()])  # [hidden=2, features=5]
+    torch.testing.assert_close(feature_dimensionality(pentagon), torch.full((5,), 0.4))
+    antipodal = torch.tensor([[1.0, -1.0, 0.0], [0.0, 0.0, 1.0]])
+    torch.testing.assert_close(feature_dimensionality(antipodal), torch.tensor([0.5, 0.5, 1.0]))
+    w = torch.randn(3, 7, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(feature_dimensionality(w), _reference_dimensionality(w))
+    dropped = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    torch.testing.assert_close(feature_dimensionality(dropped), torch.tensor([1.0, 0.0]))
+
+
+def test_generate_batch_sparsity():
+    p = torch.tensor([1.0, 0.1])
+    x = generate_batch(20000, 4, p, torch.Generator().manual_seed(0))
+    assert x.shape == (20000, 2, 4)
+    assert ((x >= 0) & (x <= 1)).all()
+    assert (x[:, 0] > 0).float().mean() > 0.99
+    assert (x[:, 1] > 0).float().mean().item() == pytest.approx(0.1, abs=0.01)
+    assert x[:, 0].mean().item() == pytest.approx(0.5, abs=0.01)  # uniform[0, 1]
+
+
+def test_toy_model_forward_matches_formula():
+    model = ToyModel(ToyModelConfig(5, 2, 3), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.b_final.normal_()
+    x = torch.rand(4, 3, 5)
+    for i in range(3):
+        w = model.W[i]
+        ref = torch.relu(x[:, i] @ w.T @ w + model.b_final[i])
+        torch.testing.assert_close(model(x)[:, i], ref)
+
+
+def test_sparse_features_go_into_superposition():
+    # Elhage et al.'s 5 features in 2 dimensions, importance 0.9^i: dense features
+    # -> only the 2 most important are kept, orthogonally; sparse (S = 0.95) -> all 5,
+    # as a pentagon (dimensionality 2/5 each).
+    gen = torch.Generator().manual_seed(0)
+    model = ToyModel(ToyModelConfig(n_features=5, n_hidden=2, n_instances=4), generator=gen)
+    sparsity = torch.tensor([0.0, 0.0, 0.95, 0.95])
+    losses = train_toy_model(
+        model, 0.9 ** torch.arange(5.0), sparsity, steps=400, batch_size=256, lr=3e-2
+    )
+    assert losses[-1] < losses[0]
+    w = model.W.detach()
+    n_rep = n_features_represented(w)
+    assert n_rep[:2].tolist() == [2, 2]
+    assert (feature_norms(w)[:2, :2] > 0.9).all()
+    assert (n_rep[2:] > 2).all()
+    assert (superposition_ratio(w)[2:] > 2).all()
+    dims = feature_dimensionality(w)
+    assert (dims[:2, :2] > 0.8).all()  # dedicated dimensions
+    assert (dims[2:][feature_norms(w)[2:] > 0.5] < 0.6).all()  # shared dimensions
+
+
+def test_phase_diagram_corners():
+    # last of 2 features in 1 dimension: unimportant and dense -> dropped; important
+    # and dense -> its own dimension; sparse -> superposition.
+    phase = phase_diagram(
+        torch.tensor([0.1, 10.0]), torch.tensor([0.05, 1.0]), steps=400, batch_size=256, lr=3e-2
+    )
+    assert phase.tolist() == [[2, 0], [2, 1]]
+
+
+def test_bad_shapes_raise():
+    model = ToyModel(ToyModelConfig(5, 2, 2))
+    with pytest.raises(ValueError, match="sparsity"):
+        train_toy_model(model, torch.ones(5), torch.zeros(3), steps=1)
+    with pytest.raises(ValueError, match="importance"):
+        train_toy_model(model, torch.ones(4), torch.zeros(2), steps=1)

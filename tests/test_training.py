@@ -1,0 +1,338 @@
+"""Tests for decoding_gpt.training and the training CLI (decoding_gpt.train).
+
+References are independent of the code under test: a per-position log-softmax loop for
+the loss, torch's CosineAnnealingLR closed form for the schedule, AdamW's decoupled
+decay rule for the parameter groups, ln(d_vocab) for a fresh model's loss.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from decoding_gpt.checkpoint import load_checkpoint, read_config, read_metrics
+from decoding_gpt.train import apply_overrides, load_data, main, synthetic_tokens
+from decoding_gpt.training import (
+    TrainConfig,
+    evaluate,
+    lm_loss,
+    lr_at,
+    make_optimizer,
+    sample_batch,
+    train,
+)
+from decoding_gpt.transformer import GPT, GPTConfig
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_CONFIG = REPO / "configs" / "tiny-smoke.toml"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and the test machine's cores are shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_gpt(d_vocab: int = 32, n_ctx: int = 16, seed: int = 0, **kw) -> GPT:
+    torch.manual_seed(seed)
+    cfg = dict(d_vocab=d_vocab, n_ctx=n_ctx, d_model=32, n_layers=2, n_heads=2) | kw
+    return GPT(GPTConfig(**cfg))
+
+
+def quiet_cfg(**kw) -> TrainConfig:
+    base = dict(steps=10, batch_size=4, lr=3e-3, min_lr=3e-4, warmup_steps=2, device="cpu")
+    base |= dict(eval_every=0, eval_batches=1, log_every=1)
+    return TrainConfig(**(base | kw))
+
+
+# --------------------------------------------------------------------------- loss
+
+
+def test_lm_loss_matches_per_position_reference():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 7, 11, generator=g)
+    tokens = torch.randint(0, 11, (3, 7), generator=g)
+    terms = [
+        -torch.log_softmax(logits[b, t], dim=-1)[tokens[b, t + 1]]
+        for b in range(3)
+        for t in range(6)
+    ]
+    assert torch.allclose(lm_loss(logits, tokens), torch.stack(terms).mean(), atol=1e-6)
+
+
+def test_lm_loss_shifts_along_sequence_not_batch():
+    """Logits that predict the NEXT token of the SAME sequence give ~0 loss.
+
+    The historical bug paired sequence b with sequence b+1 (a batch-axis shift),
+    which scores these logits near the maximum instead.
+    """
+    tokens = torch.randint(0, 50, (4, 9), generator=torch.Generator().manual_seed(1))
+    logits = torch.full((4, 9, 50), -30.0)
+    logits[:, :-1].scatter_(-1, tokens[:, 1:, None], 30.0)
+    assert lm_loss(logits, tokens).item() < 1e-6
+    batch_shifted = F.cross_entropy(logits[:-1].reshape(-1, 50), tokens[1:].reshape(-1))
+    assert batch_shifted.item() > 10  # the wrong shift is very wrong on the same input
+
+
+@pytest.mark.parametrize(
+    "logits_shape, tokens_shape",
+    [((2, 5, 7), (2, 6)), ((2, 5), (2, 5)), ((2, 1, 7), (2, 1)), ((3, 5, 7), (2, 5))],
+)
+def test_lm_loss_rejects_bad_shapes(logits_shape, tokens_shape):
+    with pytest.raises(ValueError, match="lm_loss"):
+        lm_loss(torch.zeros(logits_shape), torch.zeros(tokens_shape, dtype=torch.long))
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+def test_lr_warmup_is_linear_and_reaches_peak():
+    cfg = quiet_cfg(steps=110, warmup_steps=10, lr=1e-3, min_lr=1e-4)
+    assert lr_at(0, cfg) == pytest.approx(1e-4)  # lr * 1/10
+    assert lr_at(4, cfg) == pytest.approx(5e-4)
+    assert lr_at(9, cfg) == pytest.approx(1e-3)
+    warm = [lr_at(s, cfg) for s in range(10)]
+    assert np.allclose(np.diff(warm), 1e-4)
+
+
+def test_lr_cosine_matches_torch_cosine_annealing():
+    """After warmup the schedule is torch's CosineAnnealingLR(T_max=steps-warmup, eta_min)."""
+    cfg = quiet_cfg(steps=60, warmup_steps=10, lr=2e-3, min_lr=2e-4)
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=50, eta_min=cfg.min_lr)
+    for k in range(50):
+        assert lr_at(10 + k, cfg) == pytest.approx(sched._get_closed_form_lr()[0], rel=1e-9)
+        opt.step()
+        sched.step()
+    assert lr_at(35, cfg) == pytest.approx((cfg.lr + cfg.min_lr) / 2)  # halfway: the mean
+    assert lr_at(60, cfg) == pytest.approx(cfg.min_lr)
+    assert lr_at(1000, cfg) == pytest.approx(cfg.min_lr)
+
+
+def test_lr_without_warmup_starts_at_peak():
+    cfg = quiet_cfg(steps=20, warmup_steps=0, lr=1e-3, min_lr=1e-3)
+    assert all(lr_at(s, cfg) == pytest.approx(1e-3) for s in range(25))
+
+
+# --------------------------------------------------------------------------- optimiser
+
+
+def test_weight_decay_hits_matrices_only():
+    """With zero gradients AdamW's update is pure decay: w <- w (1 - lr * wd)."""
+    model = tiny_gpt()
+    cfg = quiet_cfg(lr=0.1, weight_decay=0.5)
+    opt = make_optimizer(model, cfg)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    n_matrices = 0
+    for name, p in model.named_parameters():
+        if p.dim() >= 2:
+            n_matrices += 1
+            assert torch.allclose(p, before[name] * (1 - 0.1 * 0.5), atol=1e-7), name
+        else:
+            assert torch.equal(p, before[name]), f"{name} (a {p.dim()}-D parameter) was decayed"
+    assert n_matrices > 0
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def test_sample_batch_stream_windows_are_contiguous():
+    data = np.arange(1000, dtype=np.uint16)
+    batch = sample_batch(data, 6, 10, torch.Generator().manual_seed(0))
+    assert batch.shape == (6, 10) and batch.dtype == torch.long
+    assert torch.equal(batch - batch[:, :1], torch.arange(10).expand(6, 10))
+    assert int(batch.max()) < 1000
+    again = sample_batch(data, 6, 10, torch.Generator().manual_seed(0))
+    assert torch.equal(batch, again)
+
+
+def test_sample_batch_documents_stay_inside_one_document():
+    docs = np.arange(40 * 12).reshape(40, 12)  # row r holds 12r .. 12r+11
+    batch = sample_batch(docs, 8, 5, torch.Generator().manual_seed(3))
+    assert torch.equal(batch // 12, (batch[:, :1] // 12).expand(8, 5))
+    assert torch.equal(torch.diff(batch, dim=1), torch.ones(8, 4, dtype=torch.long))
+
+
+def test_sample_batch_rejects_short_data():
+    with pytest.raises(ValueError, match="fewer than n_ctx"):
+        sample_batch(np.arange(5), 2, 8, torch.Generator())
+
+
+# --------------------------------------------------------------------------- training
+
+
+def test_initial_loss_is_about_ln_vocab():
+    model = tiny_gpt(d_vocab=64, n_ctx=16)
+    data = np.random.default_rng(0).integers(0, 64, 5000)
+    loss = evaluate(model, data, batch_size=8, n_batches=2, device="cpu")
+    assert abs(loss - math.log(64)) < 0.05 * math.log(64)
+
+
+def test_overfits_a_short_sequence():
+    model = tiny_gpt(d_vocab=32, n_ctx=16)
+    seq = np.random.default_rng(0).integers(0, 32, (1, 16))  # every batch: this sequence
+    cfg = quiet_cfg(steps=60, batch_size=4, lr=1e-2, min_lr=1e-3, warmup_steps=5, log_every=1)
+    history = train(model, seq, seq, cfg)
+    assert history["train_loss"][0] > 2.0
+    assert history["train_loss"][-1] < 0.05
+    assert history["val_step"] == [60]  # eval_every=0: only the final evaluation
+    assert history["val_loss"][0] < 0.05
+
+
+def test_history_records_losses_lr_and_tokens():
+    model = tiny_gpt()
+    data = np.random.default_rng(1).integers(0, 32, 4000).astype(np.uint16)
+    cfg = quiet_cfg(steps=6, log_every=2, eval_every=3, eval_batches=2)
+    h = train(model, data, data, cfg)
+    assert h["step"] == [2, 4, 6]
+    assert h["tokens_seen"] == [2 * 4 * 16, 4 * 4 * 16, 6 * 4 * 16]
+    assert h["lr"] == pytest.approx([lr_at(s - 1, cfg) for s in (2, 4, 6)])
+    assert h["val_step"] == [0, 3, 6]  # step 0: the loss before any update
+    assert all(np.isfinite(h["val_loss"])) and h["tokens_per_s"] > 0
+    assert np.all(np.diff(h["elapsed"]) >= 0)
+
+
+def test_callback_can_stop_training():
+    model = tiny_gpt()
+    data = np.random.default_rng(2).integers(0, 32, 2000)
+    seen = []
+    h = train(
+        model, data, None, quiet_cfg(steps=50), callback=lambda s, _: seen.append(s) or s == 3
+    )
+    assert seen == [1, 2, 3] and h["step"][-1] == 3
+
+
+def test_resume_equals_uninterrupted_run(tmp_path):
+    data = np.random.default_rng(3).integers(0, 32, 5000).astype(np.uint16)
+    cfg = quiet_cfg(steps=8, log_every=1, eval_every=4, eval_batches=1)
+
+    full = tiny_gpt(seed=5)
+    h_full = train(full, data, data, cfg)
+
+    # interrupted: checkpoint every 3 steps, stop after step 5 (last checkpoint: step 3)
+    part_cfg = quiet_cfg(**(cfg.to_dict() | dict(checkpoint_every=3, out_dir=str(tmp_path))))
+    train(tiny_gpt(seed=5), data, data, part_cfg, callback=lambda s, _: s == 5)
+    resumed = tiny_gpt(seed=99)  # different init: everything must come from the checkpoint
+    h_res = train(resumed, data, data, part_cfg, resume_from=tmp_path)
+
+    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6, rtol=0), name
+    assert h_res["step"] == h_full["step"]
+    assert h_res["train_loss"] == pytest.approx(h_full["train_loss"], abs=1e-6)
+    assert h_res["val_loss"] == pytest.approx(h_full["val_loss"], abs=1e-6)
+
+
+def test_train_config_validation():
+    with pytest.raises(ValueError, match="min_lr"):
+        TrainConfig(lr=1e-3, min_lr=1e-2)
+    with pytest.raises(ValueError, match="dtype"):
+        TrainConfig(dtype="fp8")
+    with pytest.raises(ValueError, match="unknown TrainConfig field"):
+        TrainConfig.from_dict({"stepz": 3})
+    assert TrainConfig.from_dict(TrainConfig(steps=7).to_dict()) == TrainConfig(steps=7)
+
+
+def test_bf16_is_refused_on_cpu():
+    with pytest.raises(ValueError, match="bf16"):
+        train(tiny_gpt(), np.arange(100) % 32, None, quiet_cfg(steps=1, dtype="bf16"))
+
+
+def test_ddp_batch_must_split_evenly(monkeypatch):
+    from decoding_gpt import training
+
+    monkeypatch.setattr(training, "dist_info", lambda: training.DistInfo(0, 3, 0))
+    with pytest.raises(ValueError, match="divisible by the world size 3"):
+        train(tiny_gpt(), np.arange(100) % 32, None, quiet_cfg(steps=1, batch_size=4))
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_synthetic_tokens_repeat_their_first_half():
+    tokens = synthetic_tokens(200, 10, 50, repeat_fraction=0.5, seed=0)
+    repeated = (tokens[:, :5] == tokens[:, 5:]).all(axis=1)
+    assert tokens.dtype == np.uint16 and tokens.max() < 50
+    assert 60 < repeated.sum() < 140  # about half, by a binomial(200, 0.5)
+
+
+def test_overrides_parse_toml_values():
+    config = apply_overrides({}, ["train.steps=20", "train.lr=1e-3", "data.kind=random"])
+    assert config == {"train": {"steps": 20, "lr": 1e-3}, "data": {"kind": "random"}}
+    with pytest.raises(ValueError, match="SECTION.KEY=VALUE"):
+        apply_overrides({}, ["steps=20"])
+
+
+def test_cli_rejects_token_ids_outside_the_vocabulary(tmp_path):
+    np.save(tmp_path / "tokens.npy", np.arange(500, dtype=np.uint16))
+    # the first 90 % (ids 0..449) is the train split: already out of range
+    with pytest.raises(
+        SystemExit, match=r"train data holds token ids in \[0, 449\] but model.d_vocab = 64"
+    ):
+        main(
+            [str(TINY_CONFIG), "--set", f'data.path="{tmp_path / "tokens.npy"}"']
+            + ["--out", str(tmp_path / "run")]
+        )
+
+
+def test_cli_trains_and_writes_a_loadable_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    env = os.environ | {"TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "decoding_gpt.train", str(TINY_CONFIG)]
+    cmd += ["--set", "train.steps=20", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "tokens/s" in proc.stdout and "val loss" in proc.stdout
+    model, config, metrics = load_checkpoint(out)
+    assert isinstance(config, GPTConfig) and metrics["step"][-1] == 20
+    assert metrics == read_metrics(out)
+    # the reported val loss is the loss of the saved weights on the config's val data
+    data = tomllib.loads(TINY_CONFIG.read_text())["data"]
+    _, val = load_data(data, n_ctx=config.n_ctx, d_vocab=config.d_vocab, seed=0)
+    cfg = TrainConfig.from_dict(read_config(out)["train"])
+    loss = evaluate(model, val, batch_size=cfg.batch_size, n_batches=cfg.eval_batches, seed=0)
+    assert loss == pytest.approx(metrics["val_loss"][-1], abs=1e-5)
+    assert metrics["val_step"][-1] == 20
+
+
+def test_ranks_split_the_global_batch_exactly_once():
+    from decoding_gpt.training import DistInfo, _local_rows
+
+    rows = torch.arange(12)
+    parts = [rows[_local_rows(12, DistInfo(r, 3, r))] for r in range(3)]
+    assert [len(p) for p in parts] == [4, 4, 4]
+    assert torch.equal(torch.cat(parts), rows)
+
+
+def test_cli_resume_continues_a_finished_run_to_more_steps(tmp_path):
+    small = [
+        "--set",
+        "data.n_seqs=64",
+        "--set",
+        "train.batch_size=4",
+        "--set",
+        "train.eval_every=0",
+    ]
+    out = ["--out", str(tmp_path / "run")]
+    with pytest.raises(SystemExit, match="no resumable checkpoint"):
+        main([str(TINY_CONFIG), *small, *out, "--resume"])
+    main([str(TINY_CONFIG), *small, "--set", "train.steps=3", *out])
+    main([str(TINY_CONFIG), *small, "--set", "train.steps=5", *out, "--resume"])
+    metrics = read_metrics(tmp_path / "run")
+    assert metrics["step"] == [3, 5]  # log_every=10: only the last step of each run
+    assert metrics["tokens_seen"] == [3 * 4 * 32, 5 * 4 * 32]
