@@ -17,8 +17,8 @@ The config has three tables:
     - ``corpus = "NAME"``: ``decoding_gpt.data.load_token_array(NAME, "train"/"val")``
       (optionally cut to ``n_tokens`` / ``val_n_tokens``); with ``repeat_fraction > 0``
       the training stream is cut into ``n_ctx``-token rows and that fraction of the
-      rows is replaced by random spans written twice (``mix_repeated_rows``): copying
-      them is what induction heads do, and such rows make those heads form much
+      rows gets a random span written twice at a random offset (``mix_repeated_rows``):
+      copying it is what induction heads do, and such rows make those heads form much
       sooner. The validation split stays pure corpus;
     - ``path = "train.npy"`` (and optionally ``val_path``; otherwise the last
       ``val_fraction`` of the stream is held out): raw integer arrays, loaded with
@@ -117,20 +117,31 @@ def synthetic_tokens(
 def mix_repeated_rows(
     stream: np.ndarray, n_ctx: int, d_vocab: int, repeat_fraction: float, seed: int
 ) -> np.ndarray:
-    """Cut a token stream into rows ``[n_rows, n_ctx]`` and make a fraction repeated spans.
+    """Cut a token stream into rows ``[n_rows, n_ctx]`` and plant a repeated span in some.
 
-    Each chosen row becomes ``s s`` for a uniform random span ``s`` of ``n_ctx // 2``
-    tokens (see :func:`synthetic_tokens`); the other rows are consecutive corpus windows.
+    In a ``repeat_fraction`` of the rows, a random span ``s`` (uniform tokens, length
+    ``L`` uniform in ``[8, n_ctx // 2]``) is written twice in a row, ``s s``, at a uniform
+    offset; the rest of the row stays corpus text. Only copying predicts the second
+    ``s``, and because ``L`` and the offset vary, only a real induction mechanism
+    (attend to the token after the previous occurrence of the current token) does it;
+    with a fixed layout a head could instead learn to attend a fixed distance back.
     Rows are chosen by a seeded generator, so the mixture is reproducible.
     """
+    if not 0.0 <= repeat_fraction <= 1.0:
+        raise ValueError(f"repeat_fraction must be in [0, 1], got {repeat_fraction}")
     n_rows = len(stream) // n_ctx
     if n_rows == 0:
         raise ValueError(f"a stream of {len(stream)} tokens holds no row of n_ctx={n_ctx}")
+    if n_ctx < 16:
+        raise ValueError(f"repeated spans need n_ctx >= 16, got {n_ctx}")
     rows = np.array(stream[: n_rows * n_ctx]).reshape(n_rows, n_ctx)
     rng = np.random.default_rng(seed)
-    chosen = np.flatnonzero(rng.random(n_rows) < repeat_fraction)
-    repeated = synthetic_tokens(len(chosen), n_ctx, d_vocab, 1.0, seed + 1)
-    rows[chosen] = repeated.astype(rows.dtype)
+    for row in np.flatnonzero(rng.random(n_rows) < repeat_fraction):
+        span = int(rng.integers(8, n_ctx // 2 + 1))
+        start = int(rng.integers(0, n_ctx - 2 * span + 1))
+        s = rng.integers(0, d_vocab, size=span)
+        rows[row, start : start + span] = s
+        rows[row, start + span : start + 2 * span] = s
     return rows
 
 

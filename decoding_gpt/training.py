@@ -469,9 +469,12 @@ def train(
     if cfg.eval_every and state.step == 0:
         run_eval()  # the loss before training: about ln(d_vocab) for a fresh model
     tokens_per_step = cfg.batch_size * n_ctx
-    # TQDM_DISABLE=1 in the environment turns the bar off (tqdm reads TQDM_* defaults).
-    quiet = {} if info.is_main else {"disable": True}
-    bar = tqdm(total=cfg.steps, initial=state.step, desc="train", **quiet)
+    # TQDM_DISABLE=1 turns the bar off. Passed explicitly: tqdm's notebook widget ignores
+    # the environment variable and would put a widget into every executed notebook.
+    env_off = os.environ.get("TQDM_DISABLE", "").lower() not in ("", "0", "false")
+    bar = tqdm(
+        total=cfg.steps, initial=state.step, desc="train", disable=env_off or not info.is_main
+    )
     clock = time.perf_counter() - state.elapsed
     while state.step < cfg.steps:
         t0 = time.perf_counter()

@@ -122,7 +122,8 @@ def plot_logit_lens(
     ax.imshow(p, cmap="Greens", vmin=0.0, vmax=1.0, aspect="auto")
     for i, row in enumerate(labels):
         for j, text in enumerate(row):
-            ax.text(j, i, text, ha="center", va="center", fontsize=8)
+            color = "white" if p[i, j] > 0.5 else "black"  # readable on dark cells
+            ax.text(j, i, text, ha="center", va="center", fontsize=8, color=color)
     ax.set_yticks(range(len(layer_labels)), layer_labels)
     ax.set_xticks(range(p.shape[1]), [f"top {j + 1}" for j in range(p.shape[1])])
     if title:

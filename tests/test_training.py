@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from decoding_gpt.checkpoint import load_checkpoint, read_config, read_metrics
-from decoding_gpt.train import apply_overrides, load_data, main, synthetic_tokens
+from decoding_gpt.train import apply_overrides, load_data, main, mix_repeated_rows, synthetic_tokens
 from decoding_gpt.training import (
     TrainConfig,
     evaluate,
@@ -336,3 +336,26 @@ def test_cli_resume_continues_a_finished_run_to_more_steps(tmp_path):
     metrics = read_metrics(tmp_path / "run")
     assert metrics["step"] == [3, 5]  # log_every=10: only the last step of each run
     assert metrics["tokens_seen"] == [3 * 4 * 32, 5 * 4 * 32]
+
+
+def test_mix_repeated_rows_plants_spans_at_varying_offsets():
+    stream = np.arange(64 * 200) % 1000  # corpus stand-in: no token repeats within a row
+    rows = mix_repeated_rows(stream, n_ctx=64, d_vocab=50_000, repeat_fraction=0.5, seed=0)
+    assert rows.shape == (200, 64)
+    starts, lengths = set(), set()
+    n_planted = 0
+    for row, original in zip(rows, stream.reshape(200, 64), strict=True):
+        changed = np.flatnonzero(row != original)
+        if changed.size == 0:
+            continue
+        n_planted += 1
+        first, last = int(changed[0]), int(changed[-1])
+        span = (last - first + 1) // 2
+        assert 8 <= span <= 32
+        np.testing.assert_array_equal(row[first : first + span], row[first + span : last + 1])
+        starts.add(first)
+        lengths.add(span)
+    assert 60 < n_planted < 140  # about half, by a binomial(200, 0.5)
+    assert len(starts) > 10 and len(lengths) > 10  # no fixed layout to shortcut
+    again = mix_repeated_rows(stream, n_ctx=64, d_vocab=50_000, repeat_fraction=0.5, seed=0)
+    np.testing.assert_array_equal(rows, again)

@@ -8,17 +8,6 @@ import torch.nn.functional as F
 
 from decoding_gpt.transformer import GPT, MLP, GPTConfig, LayerNorm, next_token_loss
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a loaded 2-core machine
-    OpenMP threads contend (a 7 ms forward became 120 ms); run single-threaded."""
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n_threads)
-
-
 TINY = dict(d_vocab=61, n_ctx=16, d_model=32, n_layers=2, n_heads=4)
 VARIANTS = [
     {},

@@ -1,0 +1,255 @@
+"""Maintainer tool: train a shipped model, measure what it must show, and register it.
+
+Usage::
+
+    python -m decoding_gpt.pretrained.build attn-only-2l              # train, evaluate, register
+    python -m decoding_gpt.pretrained.build attn-only-2l --checkpoint runs/attn-only-2l
+                                                  # evaluate and register an existing run
+    python -m decoding_gpt.pretrained.build attn-only-2l --set train.steps=20 --no-register
+
+Each model has a config in ``decoding_gpt/pretrained/configs/NAME.toml`` (the same file
+``python -m decoding_gpt.train`` reads) and an evaluation that measures, with package
+functions, the phenomenon its lecture teaches (induction scores, IOI logit difference,
+greater-than probability, fact recall). The measured numbers go into the registry and
+into a model card next to the weights, with the exact command that reproduces the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from decoding_gpt.checkpoint import load_checkpoint, read_config, read_metrics
+from decoding_gpt.transformer import GPT, GPTConfig
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+INDUCTION_SEQ_LEN = 50  # [EOS, r_1..r_50, r_1..r_50] fits n_ctx = 128
+N_IOI_PROMPTS = 200
+N_YEAR_PROMPTS = 200
+
+Evaluation = Callable[[GPT], dict[str, float]]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a shipped model is for and how its headline metrics are measured."""
+
+    description: str
+    lecture: str
+    tokenizer: str | None
+    evaluate: Evaluation
+    requirements: str  # what the issue asks the metrics to show, for the card
+
+
+# --------------------------------------------------------------------------- evaluations
+
+
+def evaluate_induction(model: GPT) -> dict[str, float]:
+    """Induction scores per head and losses on ``[EOS, r, r]`` with ``r`` random tokens."""
+    from decoding_gpt.heads import induction_score_on_repeated_tokens
+
+    result = induction_score_on_repeated_tokens(
+        model, seq_len=INDUCTION_SEQ_LEN, batch=16, seed=0, prefix=0
+    )
+    scores = result.scores  # [layer, head]
+    best = int(scores.flatten().argmax())
+    return {
+        "max_induction_score": round(float(scores.max()), 4),
+        "best_induction_head": f"{best // scores.shape[1]}.{best % scores.shape[1]}",
+        "loss_first_half": round(result.loss_first_half, 4),
+        "loss_repeated_half": round(result.loss_repeated_half, 4),
+    }
+
+
+def evaluate_stories_tasks(model: GPT) -> dict[str, float]:
+    """IOI (held-out names and a held-out template), greater-than, and fact recall."""
+    from decoding_gpt.data import get_tokenizer
+    from decoding_gpt.data.stories import ioi_prompts, year_prompts
+    from decoding_gpt.data.world import fact_prompts
+    from decoding_gpt.evals import (
+        fact_recall_correct,
+        greater_than_probability,
+        ioi_logit_difference,
+    )
+
+    tok = get_tokenizer("stories")
+    # seed 1 draws names and places afresh: the eval prompts are not training sentences
+    ioi = ioi_logit_difference(model, tok, ioi_prompts(N_IOI_PROMPTS, seed=1, templates="train"))
+    ioi_new = ioi_logit_difference(
+        model, tok, ioi_prompts(N_IOI_PROMPTS, seed=1, templates="held_out")
+    )
+    years = greater_than_probability(model, tok, year_prompts(N_YEAR_PROMPTS, seed=1))
+    facts_train = fact_recall_correct(model, tok, fact_prompts("train"))
+    facts_new = fact_recall_correct(model, tok, fact_prompts("held_out"))
+    return {
+        "ioi_logit_diff": round(float(ioi.mean()), 4),
+        "ioi_logit_diff_held_out_template": round(float(ioi_new.mean()), 4),
+        "ioi_accuracy": round(float((ioi > 0).float().mean()), 4),
+        "greater_than_probability": round(float(years.mean()), 4),
+        "fact_recall_train_phrasings": round(float(facts_train.float().mean()), 4),
+        "fact_recall_held_out_phrasings": round(float(facts_new.float().mean()), 4),
+    }
+
+
+def evaluate_stories_with_induction(model: GPT) -> dict[str, float]:
+    return {**evaluate_stories_tasks(model), **evaluate_induction(model)}
+
+
+SPECS: dict[str, ModelSpec] = {
+    "attn-only-1l": ModelSpec(
+        "Attention-only transformer, 1 layer, on the stories corpus: bigram and "
+        "skip-trigram statistics, and (by construction) no induction head.",
+        lecture="10",
+        tokenizer="stories",
+        evaluate=evaluate_induction,
+        requirements="no induction: max induction score < 0.2",
+    ),
+    "attn-only-2l": ModelSpec(
+        "Attention-only transformer, 2 layers, on the stories corpus: forms a "
+        "previous-token head and induction heads.",
+        lecture="11",
+        tokenizer="stories",
+        evaluate=evaluate_induction,
+        requirements="a head with induction score > 0.7; loss on the repeated half < 1.0 nat",
+    ),
+    "stories-4l": ModelSpec(
+        "GPT with MLPs, 4 layers, on the stories corpus: indirect-object identification, "
+        "greater-than on years, and factual recall.",
+        lecture="12",
+        tokenizer="stories",
+        evaluate=evaluate_stories_with_induction,
+        requirements=(
+            "IOI mean logit difference > 3 (and > 1.5 on the held-out template); "
+            "greater-than probability > 0.8; fact recall > 90 % top-1"
+        ),
+    ),
+}
+
+
+# --------------------------------------------------------------------------- card
+
+
+def machine_description() -> str:
+    """The machine a run was measured on, in words."""
+    device = "CUDA " + torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    return (
+        f"{device}, {os.cpu_count()} cores, {platform.machine()}, "
+        f"Python {platform.python_version()}, torch {torch.__version__}"
+    )
+
+
+def write_card(name: str, spec: ModelSpec, checkpoint: Path, metrics: dict[str, Any]) -> str:
+    """Markdown model card: what, config, data, training, measured metrics, reproduction."""
+    config = read_config(checkpoint)
+    history = read_metrics(checkpoint)
+    lines = [
+        f"# {name}",
+        "",
+        spec.description,
+        "",
+        f"Lecture {spec.lecture}. Required: {spec.requirements}.",
+        "",
+        "## Measured",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        *[f"| {key} | {value} |" for key, value in metrics.items()],
+        "",
+        "## Model config",
+        "",
+        "```json",
+        json.dumps(config["model"], indent=2),
+        "```",
+        "",
+        "## Training",
+        "",
+        f"- config: `decoding_gpt/pretrained/configs/{name}.toml` (data, optimiser, steps)",
+        f"- tokens seen: {metrics['tokens_seen']:,}",
+        f"- final train loss {metrics['train_loss']:.4f}, val loss {metrics['val_loss']:.4f}",
+        f"- wall time {metrics['train_wall_s']:.0f} s on {metrics['machine']} "
+        "(the machine ran other jobs at the same time: an upper bound)",
+        f"- training curves: `metrics.json` ({len(history.get('step', []))} logged steps)",
+        "",
+        "## Reproduce",
+        "",
+        "```bash",
+        f"python -m decoding_gpt.pretrained.build {name}",
+        "```",
+        "",
+        "Training is seeded; the same machine and torch version give the same weights up to "
+        "floating-point reduction order in multi-threaded kernels.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def train_model(name: str, out: Path, overrides: list[str]) -> None:
+    """Run ``python -m decoding_gpt.train`` on the model's config."""
+    from decoding_gpt.train import main as train_main
+
+    args = [str(CONFIG_DIR / f"{name}.toml"), "--out", str(out)]
+    for item in overrides:
+        args += ["--set", item]
+    train_main(args)
+
+
+def measure(name: str, checkpoint: Path) -> dict[str, Any]:
+    """The model's headline metrics plus its training summary."""
+    model, _, history = load_checkpoint(checkpoint, GPT, GPTConfig)
+    metrics: dict[str, Any] = {
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "tokens_seen": int(history["tokens_seen"][-1]),
+        "train_loss": round(history["train_loss"][-1], 4),
+        "val_loss": round(history["val_loss"][-1], 4) if history.get("val_loss") else math.nan,
+        "train_wall_s": round(history["train_time"], 1),
+        "machine": machine_description(),
+    }
+    with torch.no_grad():
+        metrics.update(SPECS[name].evaluate(model))
+    return metrics
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m decoding_gpt.pretrained.build")
+    parser.add_argument("name", choices=sorted(SPECS))
+    parser.add_argument("--checkpoint", help="evaluate this existing run instead of training")
+    parser.add_argument("--out", help="run directory (default runs/NAME)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--no-register", action="store_true", help="measure only")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    checkpoint = Path(args.checkpoint or args.out or Path("runs") / args.name)
+    if not args.checkpoint:
+        train_model(args.name, checkpoint, args.overrides)
+    metrics = measure(args.name, checkpoint)
+    print(json.dumps(metrics, indent=2))
+    if not args.no_register:
+        from decoding_gpt.pretrained.registry import register
+
+        spec = SPECS[args.name]
+        card = write_card(args.name, spec, checkpoint, metrics)
+        register(
+            args.name, checkpoint, description=spec.description, lecture=spec.lecture,
+            tokenizer=spec.tokenizer, metrics=metrics, card=card,
+        )  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

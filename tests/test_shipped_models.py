@@ -1,0 +1,89 @@
+"""The shipped models show what their lectures teach, and their configs still train.
+
+The headline metrics are re-measured from the committed weights with the same package
+functions that measured them at build time (``decoding_gpt.pretrained.build``), so a
+change to the model code, the tokenizer or the evaluation that silently breaks a
+shipped model fails here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from decoding_gpt import pretrained
+from decoding_gpt.pretrained import build
+
+SHIPPED = [name for name in build.SPECS if name in pretrained.list_models()]
+
+# What each model must show (issue: shipped models), as (metric, comparison, bound).
+REQUIREMENTS = {
+    "attn-only-1l": [("max_induction_score", "<", 0.2)],
+    "attn-only-2l": [("max_induction_score", ">", 0.7), ("loss_repeated_half", "<", 1.0)],
+    "stories-4l": [
+        ("ioi_logit_diff", ">", 3.0),
+        ("ioi_logit_diff_held_out_template", ">", 1.5),
+        ("greater_than_probability", ">", 0.8),
+        ("fact_recall_train_phrasings", ">", 0.9),
+    ],
+}
+
+
+# Requirements a shipped model is known to miss, with the measured value: the test
+# asserts they are still missed, so a retrained model that meets one fails here until
+# its entry is removed (and the README's table updated).
+KNOWN_MISSES = {
+    ("stories-4l", "fact_recall_train_phrasings"): "0.898 after 12.3M tokens",
+}
+
+
+@pytest.fixture(scope="module", params=SHIPPED)
+def measured(request):
+    name = request.param
+    model = pretrained.load_native(name, device="cpu")
+    return name, build.SPECS[name].evaluate(model)
+
+
+def test_every_shipped_model_has_a_build_spec():
+    """A registered model can be rebuilt and re-measured: build.SPECS knows it."""
+    missing = set(pretrained.list_models()) - set(build.SPECS)
+    assert not missing, f"registered without a build spec: {sorted(missing)}"
+
+
+def test_metrics_reproduce_from_committed_weights(measured):
+    name, metrics = measured
+    recorded = pretrained.model_info(name).metrics
+    for key, value in metrics.items():
+        if isinstance(value, str):
+            assert value == recorded[key], key
+        else:
+            assert math.isclose(value, recorded[key], rel_tol=1e-3, abs_tol=1e-3), key
+
+
+def test_model_shows_its_phenomenon(measured):
+    name, metrics = measured
+    for key, comparison, bound in REQUIREMENTS[name]:
+        value = metrics[key]
+        ok = value > bound if comparison == ">" else value < bound
+        if (name, key) in KNOWN_MISSES:
+            assert not ok, f"{name}: {key} = {value:.3f} now meets the bound: drop KNOWN_MISSES"
+        else:
+            assert ok, f"{name}: {key} = {value:.3f}, required {comparison} {bound}"
+
+
+def test_card_states_the_reproduce_command():
+    for name in SHIPPED:
+        card = (pretrained.model_dir(name) / "card.md").read_text()
+        assert f"python -m decoding_gpt.pretrained.build {name}" in card
+
+
+@pytest.mark.parametrize("name", list(build.SPECS))
+def test_config_trains(name, tmp_path):
+    """A few steps of each shipped config on a small slice of its corpus."""
+    small = ["train.steps=3", "train.eval_every=0", "train.log_every=1", "train.warmup_steps=1"]
+    small += ["train.batch_size=2", "data.n_tokens=20000", "data.val_n_tokens=4000"]
+    build.main(
+        [name, "--out", str(tmp_path), "--no-register", *sum((["--set", s] for s in small), [])]
+    )
+    assert (tmp_path / "model.safetensors").is_file()
