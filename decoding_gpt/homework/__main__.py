@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     grader.add_argument("submission", type=Path)
     grader.add_argument("--solution", type=Path, help="default: solution.ipynb beside it")
     grader.add_argument("--out", type=Path, help="JSON report path (CSV written beside it)")
-    grader.add_argument("--cell-timeout", type=int, default=120, help="seconds per cell")
+    grader.add_argument("--cell-timeout", type=int, default=300, help="seconds per cell")
     grader.add_argument("--wall-timeout", type=float, default=1800, help="seconds in all")
     grader.add_argument("--memory-gib", type=float, default=8, help="address-space limit")
     grader.set_defaults(run=_grade)

@@ -124,7 +124,7 @@ def grade(
     submission_path: Path,
     solution_path: Path,
     *,
-    cell_timeout: int = 120,
+    cell_timeout: int = 300,
     limits: Limits | None = None,
 ) -> Report:
     """Execute ``submission_path`` against ``solution_path`` in the sandbox; score it."""
