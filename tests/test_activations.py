@@ -10,26 +10,9 @@ from decoding_gpt.activations import collect_activations
 HOOK = "blocks.1.hook_resid_post"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny matmuls on a shared 2-core machine run far faster single-threaded.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
-def model():
-    from transformer_lens.config import TransformerBridgeConfig
-    from transformer_lens.model_bridge import TransformerBridge
-
-    torch.manual_seed(0)
-    cfg = TransformerBridgeConfig(
-        n_layers=2, d_model=64, n_heads=4, d_head=16, d_vocab=100, n_ctx=64,
-        act_fn="gelu", normalization_type="LN", d_mlp=256,
-    )  # fmt: skip
-    return TransformerBridge.boot_native(cfg)
+def model(tiny_bridge):
+    return tiny_bridge
 
 
 def _padded_batch(lengths: list[int], pad_to: int, seed: int = 0):

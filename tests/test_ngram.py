@@ -30,15 +30,6 @@ from decoding_gpt.ngram import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices: a second intra-op thread only adds waiting on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def random_chain(n: int, seed: int, sparsity: float = 0.0) -> torch.Tensor:
     """A random row-stochastic matrix (every row keeps at least one entry)."""
     gen = torch.Generator().manual_seed(seed)

@@ -20,14 +20,6 @@ from decoding_gpt.probes import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _planted(n: int = 2000, d: int = 32, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     u = F.normalize(torch.randn(d, generator=gen), dim=0)
@@ -127,16 +119,8 @@ def test_bad_inputs_raise():
 
 
 @pytest.fixture(scope="module")
-def model():
-    from transformer_lens.config import TransformerBridgeConfig
-    from transformer_lens.model_bridge import TransformerBridge
-
-    torch.manual_seed(0)
-    cfg = TransformerBridgeConfig(
-        n_layers=2, d_model=64, n_heads=4, d_head=16, d_vocab=100, n_ctx=64,
-        act_fn="gelu", normalization_type="LN", d_mlp=256,
-    )  # fmt: skip
-    return TransformerBridge.boot_native(cfg)
+def model(tiny_bridge):
+    return tiny_bridge
 
 
 def test_add_direction_matches_manual_hook(model):

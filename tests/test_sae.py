@@ -38,14 +38,6 @@ from decoding_gpt.sae import (
 D_IN, N_TRUE, D_SAE, ACTIVE = 16, 32, 64, 2
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _synthetic(n: int, seed: int = 0):
     """x = sum_i a_i g_i over a sparse set of known unit features g_i (ACTIVE per token)."""
     gen = torch.Generator().manual_seed(seed)
@@ -213,16 +205,8 @@ def _identity_sae(d: int, hook: str) -> SAE:
 
 
 @pytest.fixture(scope="module")
-def model():
-    from transformer_lens.config import TransformerBridgeConfig
-    from transformer_lens.model_bridge import TransformerBridge
-
-    torch.manual_seed(0)
-    cfg = TransformerBridgeConfig(
-        n_layers=2, d_model=64, n_heads=4, d_head=16, d_vocab=100, n_ctx=64,
-        act_fn="gelu", normalization_type="LN", d_mlp=256,
-    )  # fmt: skip
-    return TransformerBridge.boot_native(cfg)
+def model(tiny_bridge):
+    return tiny_bridge
 
 
 def test_ce_loss_score_on_constructed_saes(model):

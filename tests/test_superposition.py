@@ -28,14 +28,6 @@ from decoding_gpt.superposition import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_random_unit_vectors_are_nearly_orthogonal():
     d = 64
     v = random_unit_vectors(600, d, torch.Generator().manual_seed(0))

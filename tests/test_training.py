@@ -36,15 +36,6 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "configs" / "tiny-smoke.toml"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and the test machine's cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_gpt(d_vocab: int = 32, n_ctx: int = 16, seed: int = 0, **kw) -> GPT:
     torch.manual_seed(seed)
     cfg = dict(d_vocab=d_vocab, n_ctx=n_ctx, d_model=32, n_layers=2, n_heads=2) | kw
