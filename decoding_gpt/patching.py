@@ -244,6 +244,16 @@ def _patch_hook(
     return hook
 
 
+def _sweep_prompts(
+    kind: str, clean_tokens: Tensor, corrupt_tokens: Tensor, direction: Direction
+) -> tuple[Tensor, Tensor]:
+    """Validate a patching sweep's arguments; its ``(base, source)`` prompts."""
+    if kind not in RESID_KINDS + HEAD_KINDS:
+        raise ValueError(f"kind must be one of {RESID_KINDS + HEAD_KINDS}, got {kind!r}")
+    _check_pair(clean_tokens, corrupt_tokens)
+    return _base_source(clean_tokens, corrupt_tokens, direction)
+
+
 def activation_patching(
     model: nn.Module,
     clean_tokens: Int[Tensor, "batch pos"],
@@ -266,10 +276,7 @@ def activation_patching(
     reads (as in ``transformer_lens.patching``), not the residual stream itself. On
     :class:`decoding_gpt.transformer.GPT` it is the residual stream.
     """
-    if kind not in RESID_KINDS + HEAD_KINDS:
-        raise ValueError(f"kind must be one of {RESID_KINDS + HEAD_KINDS}, got {kind!r}")
-    _check_pair(clean_tokens, corrupt_tokens)
-    base, source = _base_source(clean_tokens, corrupt_tokens, direction)
+    base, source = _sweep_prompts(kind, clean_tokens, corrupt_tokens, direction)
     L, B, n_pos = n_layers(model), base.shape[0], base.shape[1]
     src = _cache(model, source, {hook_name(kind, lay) for lay in range(L)})
     cells = _cells(model, kind, n_pos, by_pos)
@@ -502,10 +509,7 @@ def attribution_patching(
     ``estimate = sum (a_source - a_base) * grad_a metric(base)`` over the patched entries
     (and the batch, since each patch applies to every prompt in the batch).
     """
-    if kind not in RESID_KINDS + HEAD_KINDS:
-        raise ValueError(f"kind must be one of {RESID_KINDS + HEAD_KINDS}, got {kind!r}")
-    _check_pair(clean_tokens, corrupt_tokens)
-    base, source = _base_source(clean_tokens, corrupt_tokens, direction)
+    base, source = _sweep_prompts(kind, clean_tokens, corrupt_tokens, direction)
     names = [hook_name(kind, lay) for lay in range(n_layers(model))]
     src = _cache(model, source, set(names))
     acts: dict[str, Tensor] = {}

@@ -83,7 +83,26 @@ def _texts(text_or_texts: str | Iterable[str]) -> list[str]:
 # --------------------------------------------------------------------------------------
 # Character level
 # --------------------------------------------------------------------------------------
-class CharTokenizer:
+class _VocabTokenizer:
+    """Shared by the char and word tokenizers: a list of units ``itos``, ``<unk>`` at id 0."""
+
+    itos: list[str]
+    stoi: dict[str, int]
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.itos)
+
+    @property
+    def unk_id(self) -> int:
+        return 0
+
+    def _lookup(self, units: Iterable[str]) -> list[int]:
+        """Ids of ``units``; a unit outside the vocabulary maps to ``<unk>``."""
+        return [self.stoi.get(u, 0) for u in units]
+
+
+class CharTokenizer(_VocabTokenizer):
     """One token per Unicode character (code point) seen in the corpus.
 
     Id 0 is ``<unk>``; the corpus's characters follow in sorted order. A character not in
@@ -102,16 +121,8 @@ class CharTokenizer:
     def from_corpus(cls, text_or_texts: str | Iterable[str]) -> CharTokenizer:
         return cls(c for text in _texts(text_or_texts) for c in text)
 
-    @property
-    def vocab_size(self) -> int:
-        return len(self.itos)
-
-    @property
-    def unk_id(self) -> int:
-        return 0
-
     def encode(self, text: str) -> list[int]:
-        return [self.stoi.get(c, 0) for c in text]
+        return self._lookup(text)
 
     def decode(self, ids: Sequence[int]) -> str:
         _check_ids(ids, self.vocab_size)
@@ -129,7 +140,7 @@ _NO_SPACE_BEFORE = set(".,;:!?)]}'\"%")
 _NO_SPACE_AFTER = set("([{$")
 
 
-class WordTokenizer:
+class WordTokenizer(_VocabTokenizer):
     """One token per word or punctuation mark (see ``WORD_PATTERN``).
 
     The vocabulary keeps the ``max_vocab - 1`` most frequent tokens of the corpus (ties
@@ -161,16 +172,8 @@ class WordTokenizer:
             ranked = ranked[: max_vocab - 1]
         return cls(ranked, lowercase=lowercase)
 
-    @property
-    def vocab_size(self) -> int:
-        return len(self.itos)
-
-    @property
-    def unk_id(self) -> int:
-        return 0
-
     def encode(self, text: str) -> list[int]:
-        return [self.stoi.get(w, 0) for w in self.split(text, self.lowercase)]
+        return self._lookup(self.split(text, self.lowercase))
 
     def decode(self, ids: Sequence[int]) -> str:
         _check_ids(ids, self.vocab_size)

@@ -15,31 +15,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from course_plan import LECTURES
 
 ROOT = Path(__file__).resolve().parents[1]
 SLIDES = ROOT / "slides"
 
-# The course plan's 18 lectures; deck and notebook share the stem.
-LECTURES = [
-    "01_why_decode_gpt",
-    "02_neurons_and_networks",
-    "03_autodiff_and_backprop",
-    "04_optimisation_and_architectures",
-    "05_language_modelling",
-    "06_attention_heads",
-    "07_positional_information",
-    "08_the_transformer",
-    "09_evals_and_scaling_laws",
-    "10_residual_stream",
-    "11_induction_heads",
-    "12_causal_interventions",
-    "13_linear_probes",
-    "14_superposition",
-    "15_sparse_autoencoders",
-    "16_parameter_interpretability",
-    "17_rlhf_and_dpo",
-    "18_alignment_and_safety",
-]
 MIN_SLIDES, MAX_SLIDES = 8, 15
 FENCE_RE = re.compile(r"^(```|~~~).*?^\1[ \t]*$", re.M | re.S)
 
