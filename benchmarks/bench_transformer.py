@@ -1,24 +1,29 @@
-"""Time our GPT against HF ``GPT2LMHeadModel`` and the TransformerLens bridge.
+"""Time our GPT against nanoGPT, HF ``GPT2LMHeadModel`` and the TransformerLens bridge.
 
-All three models hold the SAME weights (copied with :mod:`decoding_gpt.convert`) and run
-in one process, interleaved round by round so background load hits them alike. Two
-measurements, reported as tokens/s (median over rounds) and as our ratio to each:
+Ours, HF and TransformerLens hold the SAME weights (copied with :mod:`decoding_gpt.convert`);
+nanoGPT (``nanogpt_reference.py``, its ``model.py``) has its own init, tied embeddings and no
+biases, as its README config trains it. All run in one process, interleaved round by round
+so background load hits them alike. Two measurements, reported as tokens/s (median over
+rounds) and as our ratio to each:
 
-- a training step: forward with next-token loss, backward, AdamW step (fused where the
-  device supports it; the same optimizer settings for every model);
+- a training step: forward with next-token loss, backward, AdamW step, ``zero_grad``. Each
+  model gets the AdamW its own training code builds: ours, HF and TL
+  ``decoding_gpt.training.make_optimizer`` (weight decay on matrices only), nanoGPT its
+  ``configure_optimizers`` (the same groups; fused on CUDA only);
 - a forward pass with an activation cache, no grad: ``run_with_cache`` for ours and
   TransformerLens, ``output_hidden_states=True, output_attentions=True`` for HF (its
-  nearest equivalent).
+  nearest equivalent). nanoGPT has no cache and is left out here.
 
 Default config: nanoGPT's README CPU config (4 layers, 4 heads, d_model 128, block 64,
-batch 12) with a 4096-token vocabulary. Usage::
+batch 12, dropout 0, exact GELU) with shakespeare_char's 65-token vocabulary. Usage::
 
-    python benchmarks/bench_transformer.py                      # CPU, defaults
+    python benchmarks/bench_transformer.py --threads 2           # CPU, defaults
+    python benchmarks/bench_transformer.py --threads 1 --clock cpu  # steadier under load
     python benchmarks/bench_transformer.py --device cuda --n-layers 12 --n-heads 12 \\
         --d-model 768 --n-ctx 1024 --batch 32 --vocab 50304 --bf16 --compile
 
-``--compile`` applies ``torch.compile`` to the training step of ours and HF (TL's bridge
-is left uncompiled: its hook machinery is not meant for it).
+``--compile`` applies ``torch.compile`` to the training step of ours, nanoGPT and HF
+(TL's bridge is left uncompiled: its hook machinery is not meant for it).
 """
 
 from __future__ import annotations
@@ -32,9 +37,15 @@ import warnings
 from collections.abc import Callable
 
 import torch
+from nanogpt_reference import GPT as NanoGPT
+from nanogpt_reference import GPTConfig as NanoGPTConfig
 
 from decoding_gpt.convert import to_hf_gpt2, to_transformer_lens
+from decoding_gpt.training import TrainConfig
+from decoding_gpt.training import make_optimizer as make_our_optimizer
 from decoding_gpt.transformer import GPT, GPTConfig
+
+LR, WEIGHT_DECAY, BETAS = 3e-4, 0.1, (0.9, 0.95)
 
 
 def parse_args() -> argparse.Namespace:
@@ -45,13 +56,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--d-model", type=int, default=128)
     p.add_argument("--n-ctx", type=int, default=64)
     p.add_argument("--batch", type=int, default=12)
-    p.add_argument("--vocab", type=int, default=4096)
+    p.add_argument("--vocab", type=int, default=65)
+    p.add_argument("--act-fn", default="gelu", help="gelu (exact, nanoGPT's) or gelu_new")
     p.add_argument("--steps", type=int, default=10, help="timed steps per round")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
     p.add_argument("--compile", action="store_true", help="torch.compile ours and HF")
-    p.add_argument("--skip", default="", help="comma-separated: hf,tl")
+    p.add_argument("--skip", default="", help="comma-separated: nanogpt,hf,tl")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: default)")
     p.add_argument(
         "--clock",
@@ -68,11 +80,11 @@ def sync(device: torch.device) -> None:
 
 
 def make_optimizer(model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    try:
-        return torch.optim.AdamW(params, lr=3e-4, weight_decay=0.1, fused=True)
-    except (RuntimeError, TypeError):  # no fused kernel for this device/dtype
-        return torch.optim.AdamW(params, lr=3e-4, weight_decay=0.1, foreach=True)
+    """The AdamW each model's own training code builds (see the module docstring)."""
+    if isinstance(model, NanoGPT):
+        return model.configure_optimizers(WEIGHT_DECAY, LR, BETAS, device.type)
+    cfg = TrainConfig(lr=LR, weight_decay=WEIGHT_DECAY, betas=BETAS)
+    return make_our_optimizer(model, cfg)
 
 
 def train_step_fn(loss_fn: Callable[[], torch.Tensor], opt: torch.optim.Optimizer, autocast):
@@ -110,7 +122,18 @@ def report(title: str, seconds: dict[str, float], n_tokens: int) -> None:
     ours = seconds["ours"]
     for name, s in seconds.items():
         ratio = "" if name == "ours" else f"   ours / {name} = {s / ours:.2f}x"
-        print(f"  {name:>5}: {n_tokens / s:>12,.0f} tokens/s  ({1e3 * s:7.2f} ms){ratio}")
+        print(f"  {name:>7}: {n_tokens / s:>12,.0f} tokens/s  ({1e3 * s:7.2f} ms){ratio}")
+
+
+def check_same_loss(forwards: dict[str, Callable[[], torch.Tensor]], models: dict) -> None:
+    """HF and TransformerLens hold our weights: their loss must equal ours before timing."""
+    for m in models.values():
+        m.eval()
+    with torch.no_grad():
+        ours = forwards["ours"]().item()
+        for name in ("hf", "tl"):
+            if name in models and abs(forwards[name]().item() - ours) > 1e-4:
+                raise SystemExit(f"{name} loss differs from ours ({ours:.6f}): not comparable")
 
 
 def main() -> None:
@@ -123,15 +146,24 @@ def main() -> None:
     torch.manual_seed(0)
     cfg = GPTConfig(
         d_vocab=args.vocab, n_ctx=args.n_ctx, d_model=args.d_model, n_layers=args.n_layers,
-        n_heads=args.n_heads, act_fn="gelu_new",
+        n_heads=args.n_heads, act_fn=args.act_fn,
     )  # fmt: skip
     ours = GPT(cfg).to(device)
     models: dict[str, torch.nn.Module] = {"ours": ours}
+    if "nanogpt" not in skip:
+        if args.act_fn != "gelu":
+            raise SystemExit("nanoGPT uses exact GELU: pass --act-fn gelu or --skip nanogpt")
+        nano_cfg = NanoGPTConfig(
+            block_size=args.n_ctx, vocab_size=args.vocab, n_layer=args.n_layers,
+            n_head=args.n_heads, n_embd=args.d_model, dropout=0.0, bias=False,
+        )  # fmt: skip
+        models["nanogpt"] = NanoGPT(nano_cfg).to(device)
     if "hf" not in skip:
         models["hf"] = to_hf_gpt2(ours)  # same weights (b_U is 0 at init)
     if "tl" not in skip:
         models["tl"] = to_transformer_lens(ours)  # already on ours' device
     x = torch.randint(0, args.vocab, (args.batch, args.n_ctx), device=device)
+    y = x.roll(-1, dims=1)  # nanoGPT takes its targets as a separate tensor
     n_tokens = args.batch * args.n_ctx
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
@@ -149,6 +181,7 @@ def main() -> None:
 
     forwards: dict[str, Callable[[], torch.Tensor]] = {
         "ours": lambda: ours(x, return_type="loss"),
+        "nanogpt": lambda: models["nanogpt"](x, y)[1],
         "hf": lambda: models["hf"](input_ids=x, labels=x).loss,
         "tl": lambda: models["tl"](x, return_type="loss"),
     }
@@ -161,6 +194,10 @@ def main() -> None:
                     if name == "ours"
                     else (lambda c=compiled: c(input_ids=x, labels=x).loss)
                 )
+        if "nanogpt" in models:
+            compiled = torch.compile(models["nanogpt"])
+            forwards["nanogpt"] = lambda c=compiled: c(x, y)[1]
+    check_same_loss(forwards, models)
     for m in models.values():
         m.train()
     steps = {
@@ -185,6 +222,8 @@ def main() -> None:
         m.eval()
     cached = {name: fn for name, fn in cached.items() if name in models}
     report("forward with activation cache (no grad)", time_rounds(cached, args, device), n_tokens)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"\nload(1 min) at the end={load:.1f}")
 
 
 if __name__ == "__main__":

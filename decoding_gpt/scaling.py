@@ -56,6 +56,7 @@ import numpy as np
 import torch
 from jaxtyping import Float
 
+from decoding_gpt.checkpoint import file_sha256, load_weights, save_weights
 from decoding_gpt.device import set_seed
 from decoding_gpt.training import TokenData, TrainConfig, train
 from decoding_gpt.transformer import GPT, GPTConfig
@@ -447,6 +448,48 @@ DEFAULT_WIDTHS = (16, 24, 32, 48, 64, 96)
 DEFAULT_DEPTHS = (1, 1, 2, 2, 2, 3)
 
 
+def save_sweep_weights(rows: Sequence[SweepRow], directory: Path) -> list[dict[str, Any]]:
+    """Write each row's trained model to ``directory``; the table entries that name them.
+
+    One ``d{d_model}-l{n_layers}.safetensors`` per size (the sizes are the scaling
+    family the lectures load); each entry records the file, its sha256 and the model
+    config, so :func:`load_sweep_model` can rebuild and verify it.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for row in rows:
+        if row.model is None:
+            raise ValueError("save_sweep_weights needs rows trained with keep_models=True")
+        path = directory / f"d{row.d_model}-l{row.n_layers}.safetensors"
+        save_weights(path, row.model)
+        entries.append(
+            {"file": path.name, "sha256": file_sha256(path), "config": row.model.cfg.to_dict()}
+        )
+    return entries
+
+
+def load_sweep_model(index: int, path: str | os.PathLike = SWEEP_FILE) -> GPT:
+    """The trained model of row ``index`` of a sweep written with ``--weights`` (eval mode).
+
+    The weight file sits beside the JSON (in its ``weights`` folder); its sha256 must
+    match the one the sweep recorded, so a corrupt or swapped file raises.
+    """
+    result = load_sweep(path)
+    rows = result["rows"]
+    if not -len(rows) <= index < len(rows):
+        raise IndexError(f"the sweep has {len(rows)} sizes; got index {index}")
+    entry = rows[index].get("weights")
+    if entry is None:
+        raise ValueError(f"{path} has no weights: rerun the sweep with --weights DIR")
+    file = Path(path).parent / result["weights_dir"] / entry["file"]
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: weight file of sweep row {index} is missing")
+    if file_sha256(file) != entry["sha256"]:
+        raise ValueError(f"{file}: sha256 does not match the sweep's record (corrupt file?)")
+    model = GPT(GPTConfig.from_dict(entry["config"]))
+    return load_weights(file, model).eval()
+
+
 def machine() -> dict[str, Any]:
     """Where a result was measured (so a reader can compare wall times)."""
     return {
@@ -474,6 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--n-val-tokens", type=int, default=50_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--weights", type=Path, help="also save every trained model (safetensors) in this folder"
+    )
     return parser
 
 
@@ -490,6 +536,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         n_val_tokens=args.n_val_tokens,
+        keep_models=args.weights is not None,
         verbose=True,
     )
     n = [r.n_params_non_embedding for r in rows]
@@ -501,6 +548,11 @@ def main(argv: list[str] | None = None) -> int:
         "total_wall_time_s": time.perf_counter() - start,
         "rows": [r.to_dict() for r in rows],
     }
+    if args.weights is not None:
+        entries = save_sweep_weights(rows, args.weights)
+        for row, entry in zip(result["rows"], entries, strict=True):
+            row["weights"] = entry
+        result["weights_dir"] = os.path.relpath(args.weights, args.out.parent)
     if len(rows) >= 3:
         result["fit_power_law"] = fit_power_law(n, loss).to_dict()
         result["fit_saturating"] = bootstrap_exponent(n, loss).to_dict()

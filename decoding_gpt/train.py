@@ -25,9 +25,18 @@ The config has three tables:
       ``allow_pickle=False``; relative paths are read from the config file's folder;
     - ``kind = "random"``: uniform random tokens, ``n_seqs`` sequences of ``n_ctx``
       tokens; a ``repeat_fraction`` of them are a random span written twice (the
-      second half is predictable by copying, which is what induction heads learn).
+      second copy is predictable by copying, which is what induction heads learn).
+      ``repeat_layout = "half"`` (default) repeats the first half of the row;
+      ``"spans"`` plants spans of random length at random offsets, as for a corpus,
+      so that no fixed-distance head can stand in for induction.
+
+    With planted spans, ``min_span`` (default 8) is the shortest span, and
+    ``loss_on = "repeats"`` makes only the predictable part of each second copy a
+    training target (``lm_loss``'s mask); the default ``loss_on = "all"`` trains on
+    every token.
 ``[train]``
-    ``decoding_gpt.training.TrainConfig`` fields.
+    ``decoding_gpt.training.TrainConfig`` fields. ``init_from = "DIR"`` starts from the
+    weights of the checkpoint in ``DIR`` (a curriculum's earlier stage).
 
 The run writes a checkpoint directory (``decoding_gpt.checkpoint``) to ``--out`` (or
 ``train.out_dir``, default ``runs/<config name>``) and prints a summary.
@@ -41,7 +50,7 @@ import sys
 import time
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -115,34 +124,46 @@ def synthetic_tokens(
 
 
 def mix_repeated_rows(
-    stream: np.ndarray, n_ctx: int, d_vocab: int, repeat_fraction: float, seed: int
-) -> np.ndarray:
+    stream: np.ndarray,
+    n_ctx: int,
+    d_vocab: int,
+    repeat_fraction: float,
+    seed: int,
+    *,
+    min_span: int = 8,
+    return_mask: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Cut a token stream into rows ``[n_rows, n_ctx]`` and plant a repeated span in some.
 
     In a ``repeat_fraction`` of the rows, a random span ``s`` (uniform tokens, length
-    ``L`` uniform in ``[8, n_ctx // 2]``) is written twice in a row, ``s s``, at a uniform
-    offset; the rest of the row stays corpus text. Only copying predicts the second
-    ``s``, and because ``L`` and the offset vary, only a real induction mechanism
+    ``L`` uniform in ``[min_span, n_ctx // 2]``) is written twice in a row, ``s s``, at a
+    uniform offset; the rest of the row stays corpus text. Only copying predicts the
+    second ``s``, and because ``L`` and the offset vary, only a real induction mechanism
     (attend to the token after the previous occurrence of the current token) does it;
     with a fixed layout a head could instead learn to attend a fixed distance back.
     Rows are chosen by a seeded generator, so the mixture is reproducible.
+
+    With ``return_mask`` also returns a boolean ``[n_rows, n_ctx]`` mask of the tokens
+    copying predicts: the second copy without its first token (which nothing predicts).
     """
     if not 0.0 <= repeat_fraction <= 1.0:
         raise ValueError(f"repeat_fraction must be in [0, 1], got {repeat_fraction}")
     n_rows = len(stream) // n_ctx
     if n_rows == 0:
         raise ValueError(f"a stream of {len(stream)} tokens holds no row of n_ctx={n_ctx}")
-    if n_ctx < 16:
-        raise ValueError(f"repeated spans need n_ctx >= 16, got {n_ctx}")
+    if not 2 <= min_span <= n_ctx // 2:
+        raise ValueError(f"need 2 <= min_span <= n_ctx // 2 = {n_ctx // 2}, got {min_span}")
     rows = np.array(stream[: n_rows * n_ctx]).reshape(n_rows, n_ctx)
+    mask = np.zeros(rows.shape, dtype=bool)
     rng = np.random.default_rng(seed)
     for row in np.flatnonzero(rng.random(n_rows) < repeat_fraction):
-        span = int(rng.integers(8, n_ctx // 2 + 1))
+        span = int(rng.integers(min_span, n_ctx // 2 + 1))
         start = int(rng.integers(0, n_ctx - 2 * span + 1))
         s = rng.integers(0, d_vocab, size=span)
         rows[row, start : start + span] = s
         rows[row, start + span : start + 2 * span] = s
-    return rows
+        mask[row, start + span + 1 : start + 2 * span] = True
+    return (rows, mask) if return_mask else rows
 
 
 def _resolve_path(value: str, base: Path) -> Path:
@@ -164,31 +185,68 @@ def _load_npy(path: Path) -> np.ndarray:
     return arr
 
 
+class RunData(NamedTuple):
+    """A run's token arrays, and which training tokens are targets (``None``: all)."""
+
+    train: np.ndarray
+    val: np.ndarray | None
+    loss_mask: np.ndarray | None = None
+
+
 def load_data(
     section: dict[str, Any], *, n_ctx: int, d_vocab: int, seed: int, base: Path = Path(".")
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """The ``(train, val)`` token arrays named by a config's ``[data]`` table."""
+) -> RunData:
+    """The train and val token arrays (and loss mask) named by a config's ``[data]`` table."""
     section = dict(section)
+    loss_on = section.get("loss_on", "all")
+    if loss_on not in ("all", "repeats"):
+        raise SystemExit(f"[data]: loss_on must be 'all' or 'repeats', got {loss_on!r}")
     if "corpus" in section:
         from decoding_gpt.data import load_token_array  # lazy: only runs that use a corpus
 
         name = section["corpus"]
         n_train, n_val = section.get("n_tokens"), section.get("val_n_tokens")
+        val_arr = load_token_array(name, "val", n_tokens=n_val)
         train_arr = load_token_array(name, "train", n_tokens=n_train)
         frac = float(section.get("repeat_fraction", 0.0))
-        if frac > 0:
-            seed_ = int(section.get("seed", seed))
-            train_arr = mix_repeated_rows(train_arr, n_ctx, d_vocab, frac, seed_)
-        return train_arr, load_token_array(name, "val", n_tokens=n_val)
+        if frac == 0:
+            if loss_on == "repeats":
+                raise SystemExit("[data]: loss_on = 'repeats' needs repeat_fraction > 0")
+            return RunData(train_arr, val_arr)
+        seed_ = int(section.get("seed", seed))
+        rows, mask = _plant_spans(train_arr, section, n_ctx, d_vocab, frac, seed_)
+        return RunData(rows, val_arr, mask if loss_on == "repeats" else None)
+    if loss_on == "repeats" and section.get("repeat_layout") != "spans":
+        raise SystemExit("[data]: loss_on = 'repeats' needs planted spans (repeat_layout)")
     if "path" in section:
         train_arr = _load_npy(_resolve_path(section["path"], base))
         if "val_path" in section:
-            return train_arr, _load_npy(_resolve_path(section["val_path"], base))
+            return RunData(train_arr, _load_npy(_resolve_path(section["val_path"], base)))
         frac = float(section.get("val_fraction", 0.1))
         if frac <= 0:
-            return train_arr, None
+            return RunData(train_arr, None)
         cut = int(len(train_arr) * (1 - frac))
-        return train_arr[:cut], train_arr[cut:]
+        return RunData(train_arr[:cut], train_arr[cut:])
+    return _random_data(section, n_ctx, d_vocab, seed, loss_on)
+
+
+def _plant_spans(
+    stream: np.ndarray, section: dict[str, Any], n_ctx: int, d_vocab: int, frac: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``mix_repeated_rows`` with the config's ``min_span`` (default 8)."""
+    min_span = int(section.get("min_span", 8))
+    try:
+        return mix_repeated_rows(
+            stream, n_ctx, d_vocab, frac, seed, min_span=min_span, return_mask=True
+        )
+    except ValueError as err:
+        raise SystemExit(f"[data]: {err}") from err
+
+
+def _random_data(
+    section: dict[str, Any], n_ctx: int, d_vocab: int, seed: int, loss_on: str
+) -> RunData:
+    """``kind = "random"``: uniform tokens, some rows holding a repeated span."""
     kind = section.get("kind", "random")
     if kind != "random":
         raise SystemExit(f"[data]: give corpus=..., path=..., or kind='random' (got kind={kind!r})")
@@ -196,9 +254,21 @@ def load_data(
     vocab = int(section.get("vocab", d_vocab))
     frac = float(section.get("repeat_fraction", 0.0))
     data_seed = int(section.get("seed", seed))
-    train_arr = synthetic_tokens(n_seqs, n_ctx, vocab, frac, data_seed)
-    val_arr = synthetic_tokens(max(1, n_seqs // 8), n_ctx, vocab, frac, data_seed + 1)
-    return train_arr, val_arr
+    layout = section.get("repeat_layout", "half")
+    if layout == "half":
+        train = synthetic_tokens(n_seqs, n_ctx, vocab, frac, data_seed)
+        return RunData(
+            train, synthetic_tokens(max(1, n_seqs // 8), n_ctx, vocab, frac, data_seed + 1)
+        )
+    if layout != "spans":
+        raise SystemExit(f"[data]: repeat_layout must be 'half' or 'spans', got {layout!r}")
+
+    def make(n: int, seed_: int) -> tuple[np.ndarray, np.ndarray]:
+        noise = synthetic_tokens(n, n_ctx, vocab, 0.0, seed_).reshape(-1)
+        return _plant_spans(noise, section, n_ctx, vocab, frac, seed_ + 1_000_003)
+
+    (train, mask), (val, _) = make(n_seqs, data_seed), make(max(1, n_seqs // 8), data_seed + 1)
+    return RunData(train, val, mask if loss_on == "repeats" else None)
 
 
 def _check_vocab(arr: np.ndarray | None, d_vocab: int, what: str) -> None:
@@ -252,7 +322,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     info = init_distributed(train_cfg.device)
     set_seed(train_cfg.seed, deterministic=False)  # same seed: every rank builds the same model
-    train_data, val_data = load_data(
+    train_data, val_data, loss_mask = load_data(
         config.get("data", {}),
         n_ctx=model_cfg.n_ctx,
         d_vocab=model_cfg.d_vocab,
@@ -262,6 +332,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     _check_vocab(train_data, model_cfg.d_vocab, "train")
     _check_vocab(val_data, model_cfg.d_vocab, "val")
     model = GPT(model_cfg)
+    if train_cfg.init_from and not args.resume:
+        _start_from(model, Path(train_cfg.init_from))
 
     resume = None
     if args.resume:
@@ -270,12 +342,38 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise SystemExit(f"--resume: no resumable checkpoint in {resume}")
     start = time.perf_counter()
     history = train(
-        model, train_data, val_data, train_cfg, model_config=model_cfg, resume_from=resume
+        model,
+        train_data,
+        val_data,
+        train_cfg,
+        model_config=model_cfg,
+        resume_from=resume,
+        loss_mask=loss_mask,
     )
     wall = time.perf_counter() - start
     if info.is_main:
         _print_summary(model, history, train_cfg, info.world_size, wall)
     return history
+
+
+def _start_from(model: torch.nn.Module, directory: Path) -> None:
+    """Copy the weights of the checkpoint in ``directory`` (same model config) into ``model``.
+
+    This is how a curriculum runs: a later stage starts where an earlier one stopped,
+    with its own data, optimiser state and schedule.
+    """
+    from decoding_gpt.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        start, start_cfg, _ = load_checkpoint(directory)
+    except CheckpointError as err:
+        raise SystemExit(f"train.init_from: {err}") from err
+    if start_cfg != model.cfg:
+        raise SystemExit(
+            f"train.init_from: {directory} holds a model with config {start_cfg}, "
+            f"but this run's [model] is {model.cfg}"
+        )
+    model.load_state_dict(start.state_dict())
 
 
 def _print_summary(model, history, cfg: TrainConfig, world_size: int, wall: float) -> None:

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -66,9 +66,16 @@ DTYPES = ("auto", "fp32", "bf16")
 # --------------------------------------------------------------------------- loss
 
 
-def lm_loss(logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "batch pos"]) -> Tensor:
+def lm_loss(
+    logits: Float[Tensor, "batch pos d_vocab"],
+    tokens: Int[Tensor, "batch pos"],
+    loss_mask: Bool[Tensor, "batch pos"] | None = None,
+) -> Tensor:
     """Mean next-token cross-entropy: position t predicts token t+1 (sequence axis).
 
+    With ``loss_mask``, only the tokens marked ``True`` count as targets (the mean is
+    over those): e.g. only the second copy of a repeated span, whose tokens copying
+    can predict, while the random first copy would add gradient noise and no signal.
     Returns a scalar tensor. Raises ``ValueError`` on mismatched shapes or fewer than
     two positions (there is then nothing to predict).
     """
@@ -81,6 +88,15 @@ def lm_loss(logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "bat
         raise ValueError(f"lm_loss needs at least 2 positions, got {tokens.shape[1]}")
     pred = logits[:, :-1, :]  # predictions made at positions 0..T-2
     target = tokens[:, 1:]  # the tokens they predict, positions 1..T-1
+    if loss_mask is not None:
+        if loss_mask.shape != tokens.shape:
+            raise ValueError(
+                f"loss_mask {tuple(loss_mask.shape)} must match tokens {tuple(tokens.shape)}"
+            )
+        keep = loss_mask[:, 1:]
+        if not keep.any():
+            raise ValueError("loss_mask marks no target token (positions 1..T-1)")
+        return F.cross_entropy(pred[keep].float(), target[keep])
     return F.cross_entropy(pred.reshape(-1, pred.shape[-1]).float(), target.reshape(-1))
 
 
@@ -115,6 +131,7 @@ class TrainConfig:
     compile: bool = False
     checkpoint_every: int = 0
     out_dir: str | None = None
+    init_from: str | None = None  # checkpoint whose weights start the run (CLI; curricula)
 
     def __post_init__(self) -> None:
         self.betas = (float(self.betas[0]), float(self.betas[1]))
@@ -179,8 +196,13 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
         {"params": no_decay, "weight_decay": 0.0},
     ]
     on_cuda = params[0].device.type == "cuda" if params else False
-    # fused kernels exist for CUDA; elsewhere the default (foreach) implementation runs.
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=on_cuda or None)
+    # CUDA: one fused kernel. Elsewhere torch's default is a Python loop of ~10 small ops per
+    # parameter tensor, and our TransformerLens-shaped GPT (separate W_Q/K/V, biases, untied
+    # W_U) has ~2.6x as many tensors as nanoGPT's; foreach batches them into a few calls
+    # with bit-identical results (a test checks). (CPU's fused kernel rounds differently.)
+    return torch.optim.AdamW(
+        groups, lr=cfg.lr, betas=cfg.betas, fused=on_cuda or None, foreach=not on_cuda or None
+    )
 
 
 # --------------------------------------------------------------------------- data
@@ -206,19 +228,27 @@ def sample_batch(
     ``doc_len == n_ctx`` a batch is a random set of whole documents).
     """
     arr = torch.as_tensor(data) if not isinstance(data, Tensor) else data
-    if arr.dim() not in (1, 2):
-        raise ValueError(f"token data must be 1-D or 2-D, got shape {tuple(arr.shape)}")
-    length = arr.shape[-1]
+    return arr[_window_index(arr.shape, batch_size, n_ctx, generator)].long()
+
+
+def _window_index(
+    shape: torch.Size, batch_size: int, n_ctx: int, generator: torch.Generator
+) -> tuple[Tensor, ...]:
+    """Index of ``batch_size`` random windows into data of ``shape`` (see ``sample_batch``).
+
+    One index for the tokens and, with the same draws, for their loss mask.
+    """
+    if len(shape) not in (1, 2):
+        raise ValueError(f"token data must be 1-D or 2-D, got shape {tuple(shape)}")
+    length = shape[-1]
     if length < n_ctx:
         raise ValueError(f"token data has sequences of {length} tokens, fewer than n_ctx={n_ctx}")
     starts = torch.randint(0, length - n_ctx + 1, (batch_size,), generator=generator)
     offsets = starts[:, None] + torch.arange(n_ctx)
-    if arr.dim() == 1:
-        windows = arr[offsets]
-    else:
-        rows = torch.randint(0, arr.shape[0], (batch_size,), generator=generator)
-        windows = arr[rows[:, None], offsets]
-    return windows.long()
+    if len(shape) == 1:
+        return (offsets,)
+    rows = torch.randint(0, shape[0], (batch_size,), generator=generator)
+    return rows[:, None], offsets
 
 
 def as_token_tensor(data: TokenData) -> Tensor:
@@ -386,6 +416,7 @@ def train(
     model_config: Any = None,
     n_ctx: int | None = None,
     resume_from: str | os.PathLike | None = None,
+    loss_mask: np.ndarray | Tensor | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` in place and return its metrics history.
 
@@ -401,6 +432,8 @@ def train(
         n_ctx: window length (default ``model.cfg.n_ctx``).
         resume_from: a checkpoint directory with trainer state; training continues
             from its step and reaches exactly the weights of an uninterrupted run.
+        loss_mask: booleans shaped like ``train_data``; if given, only the marked
+            tokens are training targets (``lm_loss``). Evaluation stays unmasked.
 
     Returns:
         The history: at every ``log_every`` step (and the last) ``step``,
@@ -415,6 +448,13 @@ def train(
     model_config = model_config if model_config is not None else getattr(model, "cfg", None)
     train_tokens = as_token_tensor(train_data)
     val_tokens = as_token_tensor(val_data) if val_data is not None else None
+    if loss_mask is not None:
+        loss_mask = torch.as_tensor(loss_mask, dtype=torch.bool)
+        if loss_mask.shape != train_tokens.shape:
+            raise ValueError(
+                f"loss_mask {tuple(loss_mask.shape)} must match the training data "
+                f"{tuple(train_tokens.shape)}"
+            )
     local = _local_rows(cfg.batch_size, info)
 
     model.to(device)
@@ -481,12 +521,13 @@ def train(
         lr = lr_at(state.step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batch = sample_batch(
-            train_tokens, cfg.batch_size, n_ctx, _step_generator(cfg.seed, state.step)
+        index = _window_index(
+            train_tokens.shape, cfg.batch_size, n_ctx, _step_generator(cfg.seed, state.step)
         )
-        tokens = batch[local].to(device, non_blocking=True)
+        tokens = train_tokens[index][local].long().to(device, non_blocking=True)
+        mask = None if loss_mask is None else loss_mask[index][local].to(device)
         with _autocast(device, cfg.dtype):
-            loss = lm_loss(step_model(tokens), tokens)
+            loss = lm_loss(step_model(tokens), tokens, mask)
         loss.backward()
         if cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

@@ -153,7 +153,7 @@ def test_submission_cannot_delete_files_outside_its_directory(homework: Path, tm
 @pytest.mark.slow
 def test_cli_writes_json_and_csv_reports(homework: Path):
     submission = _submission(homework, "    raise ValueError('boom')", name="raises.ipynb")
-    out = homework.parent / "report.json"
+    out = homework.parent / "reports" / "report.json"  # a folder that does not exist yet
     assert homework_cli(["grade", str(submission), "--solution",
                          str(homework / "solution.ipynb"), "--out", str(out),
                          "--cell-timeout", "30"]) == 0  # fmt: skip

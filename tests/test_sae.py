@@ -123,6 +123,63 @@ def test_topk_fast_path_equals_readable_path():
         torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4)
 
 
+def test_topk_rescale_acts_by_decoder_norm_matches_reference():
+    """SAELens's ``rescale_acts_by_decoder_norm``, written out by hand: pre-activations
+    scaled by the decoder row norms before TopK, decoded through the unit rows."""
+    gen = torch.Generator().manual_seed(0)
+    sae = SAE(SAEConfig(d_in=8, d_sae=32, architecture="topk", k=4), gen)
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.rand(32, 1, generator=gen) * 3 + 0.1)
+        sae.b_enc.normal_(generator=gen)
+        sae.b_dec.normal_(generator=gen)
+    w_enc, b_enc, w_dec, b_dec = (
+        p.detach().clone().requires_grad_() for p in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)
+    )
+    x = torch.randn(40, 8, generator=gen)
+    norms = w_dec.norm(dim=-1)
+    pre = ((x - b_dec) @ w_enc + b_enc) * norms
+    top = pre.topk(4, dim=-1)
+    f_ref = torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
+    x_hat_ref = (f_ref / norms) @ w_dec + b_dec
+    loss_ref = F.mse_loss(x_hat_ref, x, reduction="none").sum(-1).mean()
+    loss, f, x_hat = sae.training_loss(x, rescale_acts_by_decoder_norm=True)
+    torch.testing.assert_close(loss, loss_ref)
+    torch.testing.assert_close(f, f_ref.detach())
+    torch.testing.assert_close(x_hat, x_hat_ref)
+    loss.backward()
+    loss_ref.backward()
+    for ours, ref in zip(
+        (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec), (w_enc, b_enc, w_dec, b_dec), strict=True
+    ):
+        torch.testing.assert_close(ours.grad, ref.grad, atol=1e-5, rtol=1e-4)
+    # folding the norms in gives a unit-decoder SAE with the same outputs
+    sae.fold_decoder_norm()
+    torch.testing.assert_close(sae(x), x_hat.detach(), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="only for the 'topk'"):
+        SAE(SAEConfig(d_in=8, d_sae=32, architecture="batchtopk", k=4)).training_loss(
+            x, rescale_acts_by_decoder_norm=True
+        )
+
+
+@pytest.mark.parametrize("rescale", [True, False])
+def test_topk_training_keeps_unit_decoder(data, rescale):
+    """Both ways of handling decoder norms end with unit rows and a lower loss."""
+    x, _, _ = data
+    sae = SAE(SAEConfig(d_in=D_IN, d_sae=D_SAE, architecture="topk", k=3))
+    result = train_sae(
+        sae, _batches(x), n_steps=30, lr=3e-3, log_every=29, rescale_acts_by_decoder_norm=rescale
+    )
+    assert result.losses[-1] < result.losses[0]
+    torch.testing.assert_close(sae.W_dec.norm(dim=-1), torch.ones(D_SAE))
+    with pytest.raises(ValueError, match="only for the 'topk'"):
+        train_sae(
+            SAE(SAEConfig(d_in=D_IN, d_sae=D_SAE, architecture="standard")),
+            _batches(x),
+            n_steps=1,
+            rescale_acts_by_decoder_norm=True,
+        )
+
+
 def test_standard_loss_formula():
     sae = SAE(SAEConfig(d_in=8, d_sae=16, l1_coefficient=0.7))
     with torch.no_grad():

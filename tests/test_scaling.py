@@ -14,12 +14,14 @@ from decoding_gpt.scaling import (
     fit_power_law,
     fit_saturating_power_law,
     load_sweep,
+    load_sweep_model,
     main,
     non_embedding_params,
     power_law,
     sweep_configs,
     train_size_sweep,
 )
+from decoding_gpt.training import evaluate
 from decoding_gpt.transformer import GPT, GPTConfig
 
 N = np.geomspace(1e3, 1e7, 9)
@@ -171,6 +173,27 @@ def test_cli_writes_table_and_fit(tmp_path, monkeypatch):
     assert result["fit_power_law"]["l_inf"] == 0.0
 
 
+def test_cli_weights_reload_to_the_reported_loss(tmp_path, monkeypatch):
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    out, weights = tmp_path / "sweep.json", tmp_path / "weights"
+    argv = ["--out", str(out), "--widths", "8", "16", "--depths", "1", "--n-tokens", "128"]
+    argv += ["--n-ctx", "16", "--batch-size", "4", "--n-val-tokens", "5000"]
+    assert main([*argv, "--weights", str(weights)]) == 0
+    result = load_sweep(out)
+    val = load_token_array("stories", "val", n_tokens=5000)
+    for index, row in enumerate(result["rows"]):
+        model = load_sweep_model(index, out)
+        assert model.cfg.d_model == row["d_model"]
+        # the reloaded weights give the loss the sweep recorded (same fixed val batches)
+        loss = evaluate(model, val, batch_size=4, n_ctx=16, n_batches=8, seed=0)
+        assert loss == pytest.approx(row["val_loss"], abs=1e-5)
+    with pytest.raises(IndexError, match="has 2 sizes"):
+        load_sweep_model(2, out)
+    (weights / "d8-l1.safetensors").write_bytes(b"corrupt")
+    with pytest.raises(ValueError, match="sha256 does not match"):
+        load_sweep_model(0, out)
+
+
 def test_committed_sweep_loads_and_loss_falls_with_size(tmp_path):
     result = load_sweep()
     rows = sorted(result["rows"], key=lambda r: r["n_params_non_embedding"])
@@ -189,3 +212,18 @@ def test_committed_sweep_loads_and_loss_falls_with_size(tmp_path):
     corrupt.write_text('{"rows": [{"val_loss": 2.0}]}')
     with pytest.raises(ValueError, match="n_params"):
         load_sweep(corrupt)
+
+
+def test_committed_scaling_family_reproduces_its_losses():
+    """The shipped weights of every size give the validation loss the sweep recorded."""
+    result = load_sweep()
+    config = result["config"]
+    val = load_token_array("stories", "val", n_tokens=config["n_val_tokens"])
+    for index, row in enumerate(result["rows"]):
+        model = load_sweep_model(index)
+        assert model.cfg.n_params == row["n_params"]
+        loss = evaluate(
+            model, val, batch_size=config["batch_size"], n_ctx=config["n_ctx"], n_batches=8,
+            seed=config["seed"],
+        )  # fmt: skip
+        assert loss == pytest.approx(row["val_loss"], abs=1e-4), row["d_model"]

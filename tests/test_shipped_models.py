@@ -27,14 +27,17 @@ REQUIREMENTS = {
         ("greater_than_probability", ">", 0.8),
         ("fact_recall_train_phrasings", ">", 0.9),
     ],
+    "code-4l": [("inside_string_probe_accuracy", ">", 0.95)],
+    "modadd-1l": [("train_accuracy", ">", 0.99), ("test_accuracy", ">", 0.99)],
 }
 
 
 # Requirements a shipped model is known to miss, with the measured value: the test
 # asserts they are still missed, so a retrained model that meets one fails here until
 # its entry is removed (and the README's table updated).
-KNOWN_MISSES = {
-    ("stories-4l", "fact_recall_train_phrasings"): "0.898 after 12.3M tokens",
+KNOWN_MISSES: dict[tuple[str, str], str] = {
+    # 600 steps x 1k tokens on a CPU shared with other jobs; majority baseline 0.693
+    ("code-4l", "inside_string_probe_accuracy"): "0.895 after 12.3M tokens (val loss 2.86)",
 }
 
 
@@ -83,6 +86,8 @@ def test_config_trains(name, tmp_path):
     """A few steps of each shipped config on a small slice of its corpus."""
     small = ["train.steps=3", "train.eval_every=0", "train.log_every=1", "train.warmup_steps=1"]
     small += ["train.batch_size=2", "data.n_tokens=20000", "data.val_n_tokens=4000"]
+    if name == "modadd-1l":  # its own training loop (decoding_gpt.grokking), its own keys
+        small = ["train.steps=3", "train.log_every=1", "data.p=7", "model.d_model=16"]
     build.main(
         [name, "--out", str(tmp_path), "--no-register", *sum((["--set", s] for s in small), [])]
     )

@@ -23,6 +23,8 @@ from decoding_gpt.checkpoint import load_checkpoint, read_config, read_metrics
 from decoding_gpt.train import apply_overrides, load_data, main, mix_repeated_rows, synthetic_tokens
 from decoding_gpt.training import (
     TrainConfig,
+    _step_generator,
+    _window_index,
     evaluate,
     lm_loss,
     lr_at,
@@ -294,7 +296,7 @@ def test_cli_trains_and_writes_a_loadable_checkpoint(tmp_path):
     assert metrics == read_metrics(out)
     # the reported val loss is the loss of the saved weights on the config's val data
     data = tomllib.loads(TINY_CONFIG.read_text())["data"]
-    _, val = load_data(data, n_ctx=config.n_ctx, d_vocab=config.d_vocab, seed=0)
+    val = load_data(data, n_ctx=config.n_ctx, d_vocab=config.d_vocab, seed=0).val
     cfg = TrainConfig.from_dict(read_config(out)["train"])
     loss = evaluate(model, val, batch_size=cfg.batch_size, n_batches=cfg.eval_batches, seed=0)
     assert loss == pytest.approx(metrics["val_loss"][-1], abs=1e-5)
@@ -350,3 +352,100 @@ def test_mix_repeated_rows_plants_spans_at_varying_offsets():
     assert len(starts) > 10 and len(lengths) > 10  # no fixed layout to shortcut
     again = mix_repeated_rows(stream, n_ctx=64, d_vocab=50_000, repeat_fraction=0.5, seed=0)
     np.testing.assert_array_equal(rows, again)
+
+
+def test_lm_loss_mask_averages_only_the_marked_targets():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 6, 9, generator=g)
+    tokens = torch.randint(0, 9, (2, 6), generator=g)
+    mask = torch.zeros(2, 6, dtype=torch.bool)
+    mask[0, 3], mask[1, 1], mask[1, 5], mask[0, 0] = True, True, True, True  # (0, 0): no target
+    expected = F.cross_entropy(
+        torch.stack([logits[0, 2], logits[1, 0], logits[1, 4]]), tokens[[0, 1, 1], [3, 1, 5]]
+    )
+    assert torch.allclose(lm_loss(logits, tokens, mask), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="marks no target"):
+        lm_loss(
+            logits, tokens, torch.zeros(2, 6, dtype=torch.bool).index_fill(1, torch.tensor(0), True)
+        )
+    with pytest.raises(ValueError, match="must match tokens"):
+        lm_loss(logits, tokens, mask[:, :5])
+
+
+def test_mix_repeated_rows_mask_marks_the_copyable_tokens():
+    stream = np.arange(64 * 50) % 1000
+    rows, mask = mix_repeated_rows(
+        stream, n_ctx=64, d_vocab=50_000, repeat_fraction=1.0, seed=3, min_span=4, return_mask=True
+    )
+    for row, marked in zip(rows, mask, strict=True):
+        positions = np.flatnonzero(marked)
+        # each marked token equals the token one span back, and so does its predecessor:
+        # copying from the first occurrence predicts it
+        first = positions[0] - 1  # the second copy's first token: nothing predicts it
+        span = len(positions) + 1
+        assert 4 <= span <= 32
+        np.testing.assert_array_equal(row[positions], row[positions - span])
+        assert positions.tolist() == list(range(first + 1, first + span))
+    np.testing.assert_array_equal(
+        rows, mix_repeated_rows(stream, 64, 50_000, 1.0, seed=3, min_span=4)
+    )
+
+
+def test_loss_on_repeats_trains_only_on_second_copies(tmp_path):
+    section = {"kind": "random", "n_seqs": 16, "repeat_fraction": 1.0}
+    section |= {"repeat_layout": "spans", "min_span": 4, "loss_on": "repeats"}
+    data = load_data(section, n_ctx=32, d_vocab=64, seed=0)
+    assert data.loss_mask is not None and data.loss_mask.shape == data.train.shape
+    assert data.loss_mask.any(axis=1).all()
+    with pytest.raises(SystemExit, match="needs planted spans"):
+        load_data({"kind": "random", "loss_on": "repeats"}, n_ctx=32, d_vocab=64, seed=0)
+    with pytest.raises(SystemExit, match="loss_on must be"):
+        load_data(section | {"loss_on": "some"}, n_ctx=32, d_vocab=64, seed=0)
+    # the trainer's logged loss is lm_loss on its first batch with that batch's mask
+    model, cfg = tiny_gpt(d_vocab=64, n_ctx=32), quiet_cfg(steps=1, batch_size=4)
+    index = _window_index(torch.Size(data.train.shape), 4, 32, _step_generator(cfg.seed, 0))
+    tokens = torch.as_tensor(data.train.astype(np.int64))[index]
+    with torch.no_grad():
+        masked = lm_loss(model(tokens), tokens, torch.as_tensor(data.loss_mask)[index]).item()
+        unmasked = lm_loss(model(tokens), tokens).item()
+    history = train(model, data.train, None, cfg, loss_mask=data.loss_mask)
+    assert history["train_loss"][0] == pytest.approx(masked, abs=1e-5)
+    assert abs(masked - unmasked) > 1e-4  # the check could tell the two apart
+    with pytest.raises(ValueError, match="must match the training data"):
+        train(tiny_gpt(d_vocab=64, n_ctx=32), data.train, None, quiet_cfg(steps=1),
+              loss_mask=data.loss_mask[:, :5])  # fmt: skip
+
+
+def test_cli_init_from_starts_at_another_runs_weights(tmp_path):
+    small = [
+        "--set",
+        "data.n_seqs=64",
+        "--set",
+        "train.batch_size=4",
+        "--set",
+        "train.eval_every=0",
+    ]
+    main([str(TINY_CONFIG), *small, "--set", "train.steps=2", "--out", str(tmp_path / "a")])
+    start, _, _ = load_checkpoint(tmp_path / "a")
+    # lr ~ 0: the second run ends where it started, at the first run's weights
+    tiny_lr = ["--set", "train.lr=1e-12", "--set", "train.min_lr=0.0", "--set", "train.steps=1"]
+    init = ["--set", f'train.init_from="{tmp_path / "a"}"']
+    main([str(TINY_CONFIG), *small, *tiny_lr, *init, "--out", str(tmp_path / "b")])
+    after, _, _ = load_checkpoint(tmp_path / "b")
+    for (name, p), q in zip(start.state_dict().items(), after.state_dict().values(), strict=True):
+        assert torch.allclose(p, q, atol=1e-6), name
+    with pytest.raises(SystemExit, match="holds a model with config"):
+        main(
+            [
+                str(TINY_CONFIG),
+                *small,
+                *init,
+                "--set",
+                "model.d_model=16",
+                "--out",
+                str(tmp_path / "c"),
+            ]
+        )
+    with pytest.raises(SystemExit, match="train.init_from"):
+        main([str(TINY_CONFIG), *small, "--set", f'train.init_from="{tmp_path / "none"}"',
+              "--out", str(tmp_path / "d")])  # fmt: skip

@@ -216,3 +216,79 @@ def test_overfits_a_short_sequence():
 def test_bad_input_raises_clear_errors(bad, match):
     with pytest.raises(ValueError, match=match):
         tiny()(bad)
+
+
+# --------------------------------------------------------------------------- fast path
+def _force_written_out(model: GPT) -> None:
+    """A no-op hook on every LayerNorm scale and attention pattern: the fused kernels
+    (``F.layer_norm``, ``F.scaled_dot_product_attention``) are then skipped."""
+    for name, hook in model.hook_dict.items():
+        if name.endswith(("hook_scale", "attn.hook_pattern")):
+            hook.add_hook(lambda act, hook: None)
+
+
+def _logits_and_grads(model: GPT, toks: torch.Tensor) -> tuple[torch.Tensor, list]:
+    model.zero_grad(set_to_none=True)
+    logits, loss = model(toks, return_type="both")
+    loss.backward()
+    return logits.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("overrides", VARIANTS)
+def test_training_fast_path_equals_written_out_path(overrides):
+    """Logits AND every gradient of a training step agree between the two paths."""
+    model, toks = perturbed(**overrides), tokens()
+    fast_logits, fast_grads = _logits_and_grads(model, toks)
+    _force_written_out(model)
+    slow_logits, slow_grads = _logits_and_grads(model, toks)
+    model.reset_hooks()
+    torch.testing.assert_close(fast_logits, slow_logits, atol=1e-5, rtol=1e-5)
+    pairs = zip(model.named_parameters(), fast_grads, slow_grads, strict=True)
+    for (name, _), fast, slow in pairs:
+        torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_logits_match_a_torch_functional_reference():
+    """The whole forward rebuilt from ``torch.nn.functional`` on the model's own weights."""
+    model, toks = perturbed(), tokens()
+    cfg, pos = model.cfg, toks.shape[1]
+    x = F.embedding(toks, model.embed.W_E) + model.pos_embed.W_pos[:pos]
+    for block in model.blocks:
+        a = block.attn
+        h = F.layer_norm(x, (cfg.d_model,), block.ln1.w, block.ln1.b, cfg.layer_norm_eps)
+        q, k, v = (
+            (torch.einsum("bpm,hmd->bphd", h, W) + b).transpose(1, 2)
+            for W, b in ((a.W_Q, a.b_Q), (a.W_K, a.b_K), (a.W_V, a.b_V))
+        )
+        z = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # [batch, head, pos, d]
+        x = x + torch.einsum("bhpd,hdm->bpm", z, a.W_O) + a.b_O
+        h = F.layer_norm(x, (cfg.d_model,), block.ln2.w, block.ln2.b, cfg.layer_norm_eps)
+        m = block.mlp
+        x = x + F.linear(F.gelu(F.linear(h, m.W_in.T, m.b_in)), m.W_out.T, m.b_out)
+    x = F.layer_norm(x, (cfg.d_model,), model.ln_final.w, model.ln_final.b, cfg.layer_norm_eps)
+    expected = F.linear(x, model.unembed.W_U.T, model.unembed.b_U)
+    torch.testing.assert_close(model(toks), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_make_optimizer_steps_exactly_like_torch_reference_adamw():
+    """The trainer's AdamW (``foreach`` on CPU, for speed) against torch's plain for-loop
+    AdamW with the same parameter groups: the same batches give bit-identical weights."""
+    from decoding_gpt.training import TrainConfig, make_optimizer
+
+    cfg = TrainConfig(lr=1e-2, weight_decay=0.1)
+    models = [perturbed(), perturbed()]
+    ours = make_optimizer(models[0], cfg)
+    decay = [p for p in models[1].parameters() if p.dim() >= 2]
+    no_decay = [p for p in models[1].parameters() if p.dim() < 2]
+    reference = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=1e-2, betas=cfg.betas, foreach=False, fused=False,
+    )  # fmt: skip
+    for step in range(3):
+        for model, opt in zip(models, (ours, reference), strict=True):
+            model(tokens(seed=step), return_type="loss").backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    pairs = zip(models[0].named_parameters(), models[1].parameters(), strict=True)
+    for (name, p), q in pairs:
+        torch.testing.assert_close(p, q, atol=0, rtol=0, msg=name)

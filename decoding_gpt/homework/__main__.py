@@ -35,6 +35,9 @@ def _grade(args: argparse.Namespace) -> int:
     limits = Limits(memory_bytes=int(args.memory_gib * 1024**3), wall_seconds=args.wall_timeout)
     report = grade(args.submission, solution, cell_timeout=args.cell_timeout, limits=limits)
     out = args.out or args.submission.with_suffix(".grade.json")
+    if out.is_dir():  # a folder: the report is named after the submission
+        out = out / args.submission.with_suffix(".grade.json").name
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report.to_json() + "\n")
     report.write_csv(out.with_suffix(".csv"))
     for part in report.parts:
@@ -57,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     grader = commands.add_parser("grade", help="grade a submission in a sandbox")
     grader.add_argument("submission", type=Path)
     grader.add_argument("--solution", type=Path, help="default: solution.ipynb beside it")
-    grader.add_argument("--out", type=Path, help="JSON report path (CSV written beside it)")
+    grader.add_argument(
+        "--out", type=Path, help="JSON report path or folder (CSV written beside it)"
+    )
     grader.add_argument("--cell-timeout", type=int, default=300, help="seconds per cell")
     grader.add_argument("--wall-timeout", type=float, default=1800, help="seconds in all")
     grader.add_argument("--memory-gib", type=float, default=8, help="address-space limit")

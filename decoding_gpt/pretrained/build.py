@@ -49,6 +49,11 @@ class ModelSpec:
     tokenizer: str | None
     evaluate: Evaluation
     requirements: str  # what the issue asks the metrics to show, for the card
+    # a model with its own training loop (not decoding_gpt.train): its CLI, given the flags
+    custom_main: Callable[[list[str]], int] | None = None
+    # configs trained first, in order, each run starting from the previous one's weights
+    # (a curriculum); the model's own config is the last stage
+    stages: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------- evaluations
@@ -105,6 +110,26 @@ def evaluate_stories_with_induction(model: GPT) -> dict[str, float]:
     return {**evaluate_stories_tasks(model), **evaluate_induction(model)}
 
 
+def evaluate_modular_addition(model: GPT) -> dict[str, float]:
+    """Train/test loss and accuracy on the split of ``configs/modadd-1l.toml``."""
+    from decoding_gpt.grokking import evaluate_shipped
+
+    return evaluate_shipped(model)
+
+
+def evaluate_code_string_probe(model: GPT) -> dict[str, float]:
+    """Inside-a-string probe accuracy per residual hook on val-split stdlib files."""
+    from decoding_gpt.pretrained.string_probe import evaluate_string_probe
+
+    return evaluate_string_probe(model)
+
+
+def grokking_main(argv: list[str]) -> int:
+    from decoding_gpt.grokking import main as grokking_cli
+
+    return grokking_cli(argv)
+
+
 SPECS: dict[str, ModelSpec] = {
     "attn-only-1l": ModelSpec(
         "Attention-only transformer, 1 layer, on the stories corpus: bigram and "
@@ -121,6 +146,7 @@ SPECS: dict[str, ModelSpec] = {
         tokenizer="stories",
         evaluate=evaluate_induction,
         requirements="a head with induction score > 0.7; loss on the repeated half < 1.0 nat",
+        stages=("attn-only-2l-copying",),
     ),
     "stories-4l": ModelSpec(
         "GPT with MLPs, 4 layers, on the stories corpus: indirect-object identification, "
@@ -132,6 +158,30 @@ SPECS: dict[str, ModelSpec] = {
             "IOI mean logit difference > 3 (and > 1.5 on the held-out template); "
             "greater-than probability > 0.8; fact recall > 90 % top-1"
         ),
+        stages=("stories-4l-pretrain",),
+    ),
+    "modadd-1l": ModelSpec(
+        "One-layer transformer (ReLU MLP, no LayerNorm) trained with AdamW on modular "
+        "addition (a + b) mod 113 with strong weight decay: it memorises, then groks; "
+        "ships with training snapshots and curves.",
+        lecture="16",
+        tokenizer=None,
+        evaluate=evaluate_modular_addition,
+        requirements="grokked: train and test accuracy > 99 %",
+        custom_main=grokking_main,
+    ),
+    "code-4l": ModelSpec(
+        "GPT with MLPs, 4 layers, on Python standard-library source (code BPE tokenizer): "
+        "whether a token is inside a string literal is linearly decodable from its "
+        "residual stream.",
+        lecture="13",
+        tokenizer="code",
+        evaluate=evaluate_code_string_probe,
+        requirements=(
+            "val loss reported; a logistic probe for inside-a-string > 95 % held-out "
+            "accuracy at some layer (well above the majority-class baseline)"
+        ),
+        stages=("code-4l-pretrain",),
     ),
 }
 
@@ -174,9 +224,16 @@ def write_card(name: str, spec: ModelSpec, checkpoint: Path, metrics: dict[str, 
         "## Training",
         "",
         f"- config: `decoding_gpt/pretrained/configs/{name}.toml` (data, optimiser, steps)",
+        *[
+            f"- curriculum stage {i + 1}, before it: `configs/{stage}.toml` "
+            "(the next stage starts from its weights)"
+            for i, stage in enumerate(spec.stages)
+        ],
         f"- tokens seen: {metrics['tokens_seen']:,}",
         f"- final train loss {metrics['train_loss']:.4f}, val loss {metrics['val_loss']:.4f}",
-        f"- wall time {metrics['train_wall_s']:.0f} s on {metrics['machine']} "
+        f"- wall time {metrics['train_wall_s']:.0f} s"
+        + (f" (all stages: {metrics['total_train_wall_s']:.0f} s)" if spec.stages else "")
+        + f" on {metrics['machine']} "
         "(the machine ran other jobs at the same time: an upper bound)",
         f"- training curves: `metrics.json` ({len(history.get('step', []))} logged steps)",
         "",
@@ -196,14 +253,42 @@ def write_card(name: str, spec: ModelSpec, checkpoint: Path, metrics: dict[str, 
 # --------------------------------------------------------------------------- main
 
 
+def stage_dir(out: Path, stage: str) -> Path:
+    """Where an earlier curriculum stage of the run in ``out`` keeps its checkpoint."""
+    return out / "stages" / stage
+
+
 def train_model(name: str, out: Path, overrides: list[str]) -> None:
-    """Run ``python -m decoding_gpt.train`` on the model's config."""
+    """Run ``python -m decoding_gpt.train`` on the model's config, after its stages.
+
+    ``overrides`` apply to every stage (so a smoke run shortens them all).
+    """
     from decoding_gpt.train import main as train_main
 
-    args = [str(CONFIG_DIR / f"{name}.toml"), "--out", str(out)]
-    for item in overrides:
-        args += ["--set", item]
-    train_main(args)
+    start: Path | None = None
+    for config_name in (*SPECS[name].stages, name):
+        run_dir = out if config_name == name else stage_dir(out, config_name)
+        args = [str(CONFIG_DIR / f"{config_name}.toml"), "--out", str(run_dir)]
+        if start is not None:
+            args += ["--set", f'train.init_from="{start}"']
+        for item in overrides:
+            args += ["--set", item]
+        train_main(args)
+        start = run_dir
+
+
+def _stage_totals(name: str, checkpoint: Path, history: dict[str, Any]) -> dict[str, Any]:
+    """Tokens and wall time summed over the curriculum stages and the final run."""
+    totals: dict[str, Any] = {}
+    for stage in SPECS[name].stages:
+        stage_history = read_metrics(stage_dir(checkpoint, stage))
+        totals[f"{stage}_tokens_seen"] = int(stage_history["tokens_seen"][-1])
+        totals[f"{stage}_train_wall_s"] = round(stage_history["train_time"], 1)
+    if totals:
+        totals["total_train_wall_s"] = round(
+            history["train_time"] + sum(v for k, v in totals.items() if k.endswith("wall_s")), 1
+        )
+    return totals
 
 
 def measure(name: str, checkpoint: Path) -> dict[str, Any]:
@@ -215,6 +300,7 @@ def measure(name: str, checkpoint: Path) -> dict[str, Any]:
         "train_loss": round(history["train_loss"][-1], 4),
         "val_loss": round(history["val_loss"][-1], 4) if history.get("val_loss") else math.nan,
         "train_wall_s": round(history["train_time"], 1),
+        **_stage_totals(name, checkpoint, history),
         "machine": machine_description(),
     }
     with torch.no_grad():
@@ -234,6 +320,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if SPECS[args.name].custom_main is not None:  # same flags, its own training loop
+        flags = [
+            f
+            for key in ("checkpoint", "out")
+            if getattr(args, key)
+            for f in (f"--{key}", getattr(args, key))
+        ]
+        flags += [f for item in args.overrides for f in ("--set", item)]
+        return SPECS[args.name].custom_main(flags + ["--no-register"] * args.no_register)
     checkpoint = Path(args.checkpoint or args.out or Path("runs") / args.name)
     if not args.checkpoint:
         train_model(args.name, checkpoint, args.overrides)

@@ -183,20 +183,23 @@ def register(
     tokenizer: str | None,
     metrics: dict[str, Any],
     card: str,
+    extra_files: tuple[str, ...] = (),
 ) -> ModelInfo:
     """Maintainer tool: copy a trained checkpoint into the package and record its hashes.
 
     ``metrics`` are the measured headline numbers (also written to the model card);
-    ``card`` is the model card's Markdown text.
+    ``card`` is the model card's Markdown text; ``extra_files`` are further files of the
+    checkpoint folder to ship (e.g. training snapshots), hashed like the others.
     """
     import shutil
 
     source, target = Path(checkpoint), MODELS_DIR / name
     target.mkdir(parents=True, exist_ok=True)
-    for file_name in SHIPPED_FILES:
+    shipped = SHIPPED_FILES + tuple(extra_files)
+    for file_name in shipped:
         shutil.copy2(source / file_name, target / file_name)
     (target / "card.md").write_text(card)
-    files = {file_name: file_sha256(target / file_name) for file_name in SHIPPED_FILES}
+    files = {file_name: file_sha256(target / file_name) for file_name in shipped}
     entries = json.loads(REGISTRY_FILE.read_text()) if REGISTRY_FILE.exists() else {}
     entries[name] = {
         "description": description,
