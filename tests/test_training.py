@@ -312,15 +312,19 @@ def test_ranks_split_the_global_batch_exactly_once():
     assert torch.equal(torch.cat(parts), rows)
 
 
+# a few 4-row steps of configs/tiny-smoke.toml on 64 sequences, no evaluation
+SMALL_RUN = [
+    "--set",
+    "data.n_seqs=64",
+    "--set",
+    "train.batch_size=4",
+    "--set",
+    "train.eval_every=0",
+]
+
+
 def test_cli_resume_continues_a_finished_run_to_more_steps(tmp_path):
-    small = [
-        "--set",
-        "data.n_seqs=64",
-        "--set",
-        "train.batch_size=4",
-        "--set",
-        "train.eval_every=0",
-    ]
+    small = SMALL_RUN
     out = ["--out", str(tmp_path / "run")]
     with pytest.raises(SystemExit, match="no resumable checkpoint"):
         main([str(TINY_CONFIG), *small, *out, "--resume"])
@@ -417,14 +421,7 @@ def test_loss_on_repeats_trains_only_on_second_copies(tmp_path):
 
 
 def test_cli_init_from_starts_at_another_runs_weights(tmp_path):
-    small = [
-        "--set",
-        "data.n_seqs=64",
-        "--set",
-        "train.batch_size=4",
-        "--set",
-        "train.eval_every=0",
-    ]
+    small = SMALL_RUN
     main([str(TINY_CONFIG), *small, "--set", "train.steps=2", "--out", str(tmp_path / "a")])
     start, _, _ = load_checkpoint(tmp_path / "a")
     # lr ~ 0: the second run ends where it started, at the first run's weights
