@@ -300,9 +300,10 @@ class GPT(HookedRootModule):
             x = x + self.hook_pos_embed(pos)
         for layer, block in enumerate(self.blocks):
             x = block(x, None if kv_cache is None else kv_cache.layers[layer])
-        if return_type is None:
+        x = self.ln_final(x)  # [batch, pos, d_model]
+        if return_type is None:  # as TransformerLens: ln_final (and its hooks) still ran
             return None
-        logits = self.unembed(self.ln_final(x))  # [batch, pos, d_vocab]
+        logits = self.unembed(x)  # [batch, pos, d_vocab]
         if return_type == "logits":
             return logits
         loss = next_token_loss(logits, tokens)

@@ -86,3 +86,16 @@ def test_batches_cover_the_set(model):
     torch.testing.assert_close(seen.sum(0), got.acts.sum(0))
     with pytest.raises(ValueError, match="exceeds"):
         next(got.batches(64))
+
+
+@pytest.mark.parametrize("hook", ["ln_final.hook_normalized", "blocks.1.hook_resid_post"])
+def test_native_gpt_collects_every_hook_as_its_cache(hook):
+    """Our GPT, as TransformerLens, runs ln_final even with ``return_type=None``."""
+    from decoding_gpt.transformer import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(d_vocab=100, n_ctx=16, d_model=32, n_layers=2, n_heads=2)).eval()
+    tokens = torch.randint(0, 100, (3, 16), generator=torch.Generator().manual_seed(1))
+    got = collect_activations(gpt, tokens, hook)
+    _, cache = gpt.run_with_cache(tokens)
+    torch.testing.assert_close(got.acts, cache[hook][got.doc, got.pos])
