@@ -181,7 +181,6 @@ SPECS: dict[str, ModelSpec] = {
             "val loss reported; a logistic probe for inside-a-string > 95 % held-out "
             "accuracy at some layer (well above the majority-class baseline)"
         ),
-        stages=("code-4l-pretrain",),
     ),
 }
 
