@@ -393,6 +393,7 @@ def train_size_sweep(
             seed=seed,
             device=device,
             dtype="fp32",
+            fused=False,  # the AdamW the committed sweep was trained with (see TrainConfig)
         )
         start = time.perf_counter()
         history = train(model, train_data, val_data, train_cfg)

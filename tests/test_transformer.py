@@ -270,14 +270,17 @@ def test_logits_match_a_torch_functional_reference():
     torch.testing.assert_close(model(toks), expected, atol=1e-5, rtol=1e-5)
 
 
-def test_make_optimizer_steps_exactly_like_torch_reference_adamw():
-    """The trainer's AdamW (``foreach`` on CPU, for speed) against torch's plain for-loop
-    AdamW with the same parameter groups: the same batches give bit-identical weights."""
+@pytest.mark.parametrize("fused", [False, True])
+def test_make_optimizer_steps_like_torch_reference_adamw(fused):
+    """The trainer's AdamW against torch's plain for-loop AdamW with the same parameter
+    groups, on the same batches: ``fused=False`` (``foreach``) gives bit-identical weights,
+    the fused kernel (the default) the same weights up to float32 rounding."""
     from decoding_gpt.training import TrainConfig, make_optimizer
 
-    cfg = TrainConfig(lr=1e-2, weight_decay=0.1)
+    cfg = TrainConfig(lr=1e-2, weight_decay=0.1, fused=fused)
     models = [perturbed(), perturbed()]
     ours = make_optimizer(models[0], cfg)
+    assert ours.defaults["fused"] is (True if fused else None)
     decay = [p for p in models[1].parameters() if p.dim() >= 2]
     no_decay = [p for p in models[1].parameters() if p.dim() < 2]
     reference = torch.optim.AdamW(
@@ -289,6 +292,11 @@ def test_make_optimizer_steps_exactly_like_torch_reference_adamw():
             model(tokens(seed=step), return_type="loss").backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
+    tolerance = {"atol": 1e-6, "rtol": 1e-5} if fused else {"atol": 0, "rtol": 0}
     pairs = zip(models[0].named_parameters(), models[1].parameters(), strict=True)
     for (name, p), q in pairs:
-        torch.testing.assert_close(p, q, atol=0, rtol=0, msg=name)
+        if fused and name.endswith("b_K"):
+            # softmax ignores a key bias (it adds q.b_K to a whole row of scores), so its
+            # gradient is pure rounding noise, which Adam scales up to full-size steps.
+            continue
+        torch.testing.assert_close(p, q, **tolerance, msg=lambda m, name=name: f"{name}: {m}")
