@@ -212,6 +212,36 @@ def load_optimizer(
 # --------------------------------------------------------------------------- directories
 
 
+def copy_with_weights_as(
+    source: str | os.PathLike, target: str | os.PathLike, dtype: torch.dtype
+) -> Path:
+    """Copy a checkpoint's weights, config and metrics to ``target``, the weights cast to
+    ``dtype`` (e.g. ``torch.float16``: half the bytes of float32); integer and bool
+    tensors are copied as they are.
+
+    The copy loads like any checkpoint: ``load_weights`` casts each tensor to the
+    model's own dtype. Optimizer and trainer state are not copied (a cast checkpoint is
+    for inference, not for resuming).
+
+    Raises:
+        CheckpointError: a weight is not finite in ``dtype`` (it overflows its range).
+    """
+    source, target = Path(source), Path(target)
+    tensors = _read_safetensors(source / WEIGHTS_FILE)
+    cast = {n: t.to(dtype) if t.is_floating_point() else t for n, t in tensors.items()}
+    for name, t in cast.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(
+                f"{source / WEIGHTS_FILE}: tensor '{name}' does not fit in {dtype} "
+                f"(largest magnitude {tensors[name].abs().max().item():.3g})"
+            )
+    target.mkdir(parents=True, exist_ok=True)
+    _write_atomic(target / WEIGHTS_FILE, lambda tmp: save_file(cast, str(tmp)))
+    for file_name in (CONFIG_FILE, METRICS_FILE):
+        _write_json(target / file_name, _read_json(source / file_name))
+    return target
+
+
 def save_checkpoint(
     directory: str | os.PathLike,
     model: nn.Module,

@@ -13,6 +13,7 @@ from torch import nn
 import decoding_gpt.checkpoint as checkpoint_module
 from decoding_gpt.checkpoint import (
     CheckpointError,
+    copy_with_weights_as,
     file_sha256,
     load_checkpoint,
     load_optimizer,
@@ -52,6 +53,36 @@ def test_round_trip_gives_identical_logits(ckpt: Path):
     stored = json.loads((ckpt / "config.json").read_text())
     assert TrainConfig.from_dict(stored["train"]) == TrainConfig(steps=2)
     assert stored["model_class"] == "decoding_gpt.transformer.GPT"
+
+
+def test_float16_copy_halves_the_file_and_loads_into_float32(ckpt: Path, tmp_path: Path):
+    half = copy_with_weights_as(ckpt, tmp_path / "half", torch.float16)
+    stored = load_file(half / "model.safetensors")
+    original = load_file(ckpt / "model.safetensors")
+    assert all(t.dtype == torch.float16 for t in stored.values())
+    for name, t in original.items():  # each weight is the float32 one rounded to float16
+        assert torch.equal(stored[name], t.half()), name
+    size = (half / "model.safetensors").stat().st_size
+    assert size < 0.55 * (ckpt / "model.safetensors").stat().st_size
+    model, config, metrics = load_checkpoint(half)
+    assert config == CFG and metrics == {"step": [1, 2], "train_loss": [3.5, 3.25]}
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    tokens = torch.randint(0, 40, (3, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        # float16 keeps 11 significant bits: logits move by ~1e-3 relative at most
+        torch.testing.assert_close(model(tokens), make_gpt().eval()(tokens), atol=1e-2, rtol=0)
+    assert sorted(p.name for p in half.iterdir()) == sorted(
+        ["config.json", "metrics.json", "model.safetensors"]
+    )
+
+
+def test_float16_copy_refuses_a_weight_out_of_range(tmp_path: Path):
+    model = make_gpt()
+    with torch.no_grad():
+        model.embed.W_E[0, 0] = 1e6  # float16's largest finite value is 65504
+    ckpt = save_checkpoint(tmp_path / "big", model, CFG)
+    with pytest.raises(CheckpointError, match="W_E.*does not fit in torch.float16"):
+        copy_with_weights_as(ckpt, tmp_path / "half", torch.float16)
 
 
 def test_checkpoint_holds_only_safetensors_and_json(ckpt: Path):

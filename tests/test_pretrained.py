@@ -106,3 +106,13 @@ def test_shipped_model_loads_offline_both_ways(name):
 
 def test_registry_file_is_valid_json():
     json.loads(registry.REGISTRY_FILE.read_text())
+
+
+def test_shipped_weights_stay_under_40_mb():
+    """The issue's budget for every shipped weight file together (models, snapshots and
+    the scaling family): a clone stays small enough for a laptop and for CI."""
+    package = registry.PACKAGE_DIR
+    files = [*package.glob("models/*/*.safetensors"), *package.glob("scaling/**/*.safetensors")]
+    assert len(files) > len(SHIPPED)
+    total = sum(f.stat().st_size for f in files)
+    assert total < 40 * 10**6, f"shipped weights total {total / 10**6:.1f} MB"

@@ -13,6 +13,7 @@ from decoding_gpt.probes import (
     accuracy,
     add_direction,
     control_labels,
+    cross_validated_accuracy,
     fit_linear_probe,
     fit_logistic_probe,
     selectivity,
@@ -82,6 +83,26 @@ def test_split_is_by_document():
     assert len(doc[test].unique()) == 10
     with pytest.raises(ValueError):
         split_by_document(torch.zeros(10, dtype=torch.long))
+
+
+def test_cross_validation_holds_out_whole_documents():
+    """A feature that only names the document, with one random label per document: a
+    probe memorises it, so a token-level split scores ~1, but with every document held
+    out it can only guess (~0.5). A planted direction is still found (> 0.9)."""
+    gen = torch.Generator().manual_seed(0)
+    doc = torch.arange(40).repeat_interleave(25)
+    doc_label = torch.randint(0, 2, (40,), generator=gen)
+    x = F.one_hot(doc, 40).float() * 5 + 0.1 * torch.randn(len(doc), 40, generator=gen)
+    y = doc_label[doc]
+    by_token = torch.randperm(len(doc), generator=gen) < 0.8 * len(doc)
+    probe = fit_logistic_probe(x[by_token], y[by_token])
+    assert accuracy(probe, x[~by_token], y[~by_token]) > 0.95
+    assert abs(cross_validated_accuracy(x, y, doc) - 0.5) < 0.2
+    planted_x, _, score = _planted()
+    planted_doc = torch.arange(len(planted_x)) // 20
+    assert cross_validated_accuracy(planted_x, (score > 0).long(), planted_doc) > 0.9
+    with pytest.raises(ValueError):  # fewer documents than folds
+        cross_validated_accuracy(x[:50], y[:50], doc[:50], n_folds=5)
 
 
 def test_control_task_and_selectivity():
