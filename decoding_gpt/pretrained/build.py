@@ -42,7 +42,7 @@ INDUCTION_SEQ_LEN = 50  # [EOS, r_1..r_50, r_1..r_50] fits n_ctx = 128
 N_IOI_PROMPTS = 200
 N_YEAR_PROMPTS = 200
 
-Evaluation = Callable[[GPT], dict[str, float]]
+Evaluation = Callable[[GPT], dict[str, float | str]]  # str: a named best head or hook
 
 
 @dataclass(frozen=True)
