@@ -246,7 +246,7 @@ def write_card(name: str, spec: ModelSpec, checkpoint: Path, metrics: dict[str, 
         f"- training curves: `metrics.json` ({len(history.get('step', []))} logged steps)",
         *(
             [
-                f"- weights stored in {str(spec.weights_dtype).removeprefix('torch.')} "
+                f"- weights stored in {_dtype_name(spec.weights_dtype)} "
                 "(loaded into float32); the metrics above are measured from them"
             ]
             if spec.weights_dtype != torch.float32
@@ -307,13 +307,17 @@ def _stage_totals(name: str, checkpoint: Path, history: dict[str, Any]) -> dict[
     return totals
 
 
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")  # torch.float16 -> "float16"
+
+
 def weights_to_ship(name: str, checkpoint: Path) -> Path:
     """The folder whose weights ship: the run itself, or a copy beside it with the
     weights cast to the model's ``weights_dtype``."""
     dtype = SPECS[name].weights_dtype
     if dtype == torch.float32:
         return checkpoint
-    target = checkpoint.with_name(f"{checkpoint.name}-{str(dtype).removeprefix('torch.')}")
+    target = checkpoint.with_name(f"{checkpoint.name}-{_dtype_name(dtype)}")
     return copy_with_weights_as(checkpoint, target, dtype)
 
 

@@ -35,6 +35,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from decoding_gpt.activations import collect_activations
+from decoding_gpt.lens import hook_name
 from decoding_gpt.probes import cross_validated_accuracy
 from decoding_gpt.transformer import GPT
 
@@ -101,11 +102,11 @@ def residual_stream_hooks(n_layers: int, attn_only: bool = False) -> dict[str, s
     """Every point of the residual stream, in order, as ``{short name: hook}``: the
     embedding (``embed``), then in each layer the stream after attention (``mid_l``, a
     layer with an MLP only) and after the whole block (``post_l``)."""
-    hooks = {"embed": "blocks.0.hook_resid_pre"}
+    hooks = {"embed": hook_name("resid_pre", 0)}
     for layer in range(n_layers):
         if not attn_only:
-            hooks[f"mid_{layer}"] = f"blocks.{layer}.hook_resid_mid"
-        hooks[f"post_{layer}"] = f"blocks.{layer}.hook_resid_post"
+            hooks[f"mid_{layer}"] = hook_name("resid_mid", layer)
+        hooks[f"post_{layer}"] = hook_name("resid_post", layer)
     return hooks
 
 
