@@ -127,11 +127,64 @@ def _line_starts(source: str) -> list[int]:
     return starts
 
 
+def _char_offset(line_starts: list[int], n_chars: int, row_col: tuple[int, int]) -> int:
+    """Character offset of a ``tokenize`` (row, col) position."""
+    row, col = row_col
+    # tokenize may report a row past the last line (a final DEDENT or ENDMARKER).
+    return n_chars if row > len(line_starts) else min(line_starts[row - 1] + col, n_chars)
+
+
+def _located_tokens(source: str) -> list[tuple[tokenize.TokenInfo, int, int]]:
+    """``tokenize``'s tokens of ``source``, each with its ``[start, end)`` character offsets.
+
+    Raises ``ValueError`` if the source does not tokenize.
+    """
+    starts, n = _line_starts(source), len(source)
+    try:
+        return [
+            (tok, _char_offset(starts, n, tok.start), _char_offset(starts, n, tok.end))
+            for tok in tokenize.generate_tokens(io.StringIO(source).readline)
+        ]
+    except (tokenize.TokenError, SyntaxError) as err:
+        raise ValueError(f"source does not tokenize: {err}") from err
+
+
+def _literal_spans(tokens: list[tuple[tokenize.TokenInfo, int, int]]) -> list[tuple[int, int]]:
+    """The ``[start, end)`` spans of the string literals among located tokens."""
+    fstring_start = getattr(tokenize, "FSTRING_START", None)  # Python >= 3.12
+    fstring_end = getattr(tokenize, "FSTRING_END", None)
+    spans: list[tuple[int, int]] = []
+    fstring_depth, fstring_from = 0, 0
+    for tok, s, e in tokens:
+        if fstring_start is not None and tok.type == fstring_start:
+            if fstring_depth == 0:
+                fstring_from = s
+            fstring_depth += 1
+        elif fstring_end is not None and tok.type == fstring_end:
+            fstring_depth -= 1
+            if fstring_depth == 0:
+                spans.append((fstring_from, e))
+        elif tok.type == tokenize.STRING and fstring_depth == 0:
+            spans.append((s, e))
+    return spans
+
+
+def string_literal_spans(source: str) -> list[tuple[int, int]]:
+    """``[start, end)`` character spans of the string literals of ``source``, in order.
+
+    A literal is one ``tokenize`` STRING token, prefix and quotes included (on Python
+    >= 3.12 an f-string from its FSTRING_START to its FSTRING_END, ``{...}`` fields
+    included). Implicitly concatenated literals (``'a' 'b'``, even ``'a''b'``) are
+    separate spans. Raises ``ValueError`` if the source does not tokenize.
+    """
+    return _literal_spans(_located_tokens(source))
+
+
 def code_char_labels(source: str) -> dict[str, Int[np.ndarray, " n_chars"]]:
     """Per-character labels of Python source from ``tokenize``.
 
-    * ``inside_string``: 1 on a string literal token (prefix and quotes included; an
-      f-string counts whole, its ``{...}`` fields too);
+    * ``inside_string``: 1 on a string literal (:func:`string_literal_spans`: prefix and
+      quotes included; an f-string counts whole, its ``{...}`` fields too);
     * ``inside_comment``: 1 on a ``#`` comment token;
     * ``bracket_depth``: number of brackets open around the character; a bracket
       character itself counts as outside the pair it opens or closes;
@@ -142,45 +195,25 @@ def code_char_labels(source: str) -> dict[str, Int[np.ndarray, " n_chars"]]:
     Raises ``ValueError`` if the source does not tokenize.
     """
     n = len(source)
-    starts = _line_starts(source)
-
-    def offset(row_col: tuple[int, int]) -> int:
-        row, col = row_col
-        # tokenize may report a row past the last line (a final DEDENT or ENDMARKER).
-        return n if row > len(starts) else min(starts[row - 1] + col, n)
-
+    tokens = _located_tokens(source)
     # Each label is a running sum of +/-1 steps placed at character positions.
     steps = {name: np.zeros(n + 1, dtype=np.int64) for name in CODE_LABEL_NAMES}
-    fstring_start = getattr(tokenize, "FSTRING_START", None)  # Python >= 3.12
-    fstring_end = getattr(tokenize, "FSTRING_END", None)
-    fstring_depth = 0
-    try:
-        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-            s, e = offset(tok.start), offset(tok.end)
-            if fstring_start is not None and tok.type == fstring_start:
-                if fstring_depth == 0:
-                    steps["inside_string"][s] += 1
-                fstring_depth += 1
-            elif fstring_end is not None and tok.type == fstring_end:
-                fstring_depth -= 1
-                if fstring_depth == 0:
-                    steps["inside_string"][e] -= 1
-            elif fstring_depth:
-                continue  # brackets inside an f-string field stay "in the string"
-            elif tok.type == tokenize.STRING:
-                steps["inside_string"][s] += 1
-                steps["inside_string"][e] -= 1
-            elif tok.type == tokenize.COMMENT:
-                steps["inside_comment"][s] += 1
-                steps["inside_comment"][e] -= 1
-            elif tok.type == tokenize.OP and tok.string in _OPEN:
-                steps["bracket_depth"][s + 1] += 1
-            elif tok.type == tokenize.OP and tok.string in _CLOSE:
-                steps["bracket_depth"][s] -= 1
-            elif tok.type == tokenize.INDENT:
-                steps["indent_level"][offset((tok.start[0], 0))] += 1
-            elif tok.type == tokenize.DEDENT:
-                steps["indent_level"][offset((tok.start[0], 0))] -= 1
-    except (tokenize.TokenError, SyntaxError) as err:
-        raise ValueError(f"source does not tokenize: {err}") from err
+    for s, e in _literal_spans(tokens):
+        steps["inside_string"][s] += 1
+        steps["inside_string"][e] -= 1
+    in_string = np.cumsum(steps["inside_string"])
+    starts = _line_starts(source)
+    for tok, s, e in tokens:
+        if tok.type in (tokenize.COMMENT, tokenize.OP) and in_string[s]:
+            continue  # inside an f-string's {...} field: part of the string
+        if tok.type == tokenize.COMMENT:
+            steps["inside_comment"][s] += 1
+            steps["inside_comment"][e] -= 1
+        elif tok.type == tokenize.OP and tok.string in _OPEN:
+            steps["bracket_depth"][s + 1] += 1
+        elif tok.type == tokenize.OP and tok.string in _CLOSE:
+            steps["bracket_depth"][s] -= 1
+        elif tok.type in (tokenize.INDENT, tokenize.DEDENT):
+            line = _char_offset(starts, n, (tok.start[0], 0))
+            steps["indent_level"][line] += 1 if tok.type == tokenize.INDENT else -1
     return {name: np.cumsum(arr)[:n] for name, arr in steps.items()}
