@@ -180,14 +180,15 @@ SPECS: dict[str, ModelSpec] = {
     ),
     "code-4l": ModelSpec(
         "GPT with MLPs, 4 layers, on Python standard-library source (code BPE tokenizer): "
-        "whether a token is inside a string literal is linearly decodable from its "
-        "residual stream.",
+        "whether a string literal is open after a token is linearly decodable from the "
+        "residual stream at that token.",
         lecture="13",
         tokenizer="code",
         evaluate=evaluate_code_string_probe,
         requirements=(
-            "val loss reported; a logistic probe for inside-a-string > 95 % held-out "
-            "accuracy at some layer (well above the majority-class baseline)"
+            "val loss reported; a logistic probe for inside-a-string (a literal open just "
+            "after the token; string_probe.py) > 95 % held-out accuracy at some layer "
+            "(well above the majority-class baseline)"
         ),
         weights_dtype=torch.float16,  # 10.6 MB instead of 21.2: all models stay < 40 MB
     ),
