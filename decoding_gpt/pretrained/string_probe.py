@@ -94,11 +94,14 @@ def open_after(
 def label_source(text: str, tokenizer: Tokenizer) -> LabelledFile:
     """Tokenize Python source and give each token both inside-a-string labels."""
     from decoding_gpt.data.labels import align_char_labels
-    from decoding_gpt.data.stdlib_corpus import code_char_labels, string_literal_spans
+    from decoding_gpt.data.stdlib_corpus import string_literal_spans
 
-    char_inside = {"inside_string": code_char_labels(text)["inside_string"]}
-    labelled = align_char_labels(text, char_inside, tokenizer)
-    inside = open_after(labelled.offsets[:, 1], string_literal_spans(text))
+    spans = string_literal_spans(text)
+    char_inside = np.zeros(len(text), dtype=np.int64)  # code_char_labels' inside_string
+    for start, stop in spans:
+        char_inside[start:stop] = 1
+    labelled = align_char_labels(text, {"inside_string": char_inside}, tokenizer)
+    inside = open_after(labelled.offsets[:, 1], spans)
     first_char = labelled.labels["inside_string"]
     return LabelledFile(labelled.ids.tolist(), inside.tolist(), first_char.tolist())
 
