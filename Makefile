@@ -67,4 +67,4 @@ site:
 
 # Fail if a committed homework/*/student.ipynb is stale with respect to its solution.
 check-students:
-	$(BIN)/python -m decoding_gpt.homework make-student --check
+	$(BIN)/python -m decoding_gpt.tools.homework make-student --check

@@ -10,9 +10,28 @@ rounds) and as our ratio to each:
   model gets the AdamW its own training code builds: ours, HF and TL
   ``decoding_gpt.training.make_optimizer`` (weight decay on matrices only), nanoGPT its
   ``configure_optimizers`` (the same groups; fused on CUDA only);
-- a forward pass with an activation cache, no grad: ``run_with_cache`` for ours and
-  TransformerLens, ``output_hidden_states=True, output_attentions=True`` for HF (its
-  nearest equivalent). nanoGPT has no cache and is left out here.
+- a forward pass with an activation cache, no grad, in three rows timed in the same
+  interleaved rounds, after the training step (as this row always was: the allocator's
+  state matters, see the README) with every model reset to the initial, shared weights
+  (nanoGPT has no cache and is left out):
+
+  1. full cache (every hook) vs HF hidden_states+attentions: ``run_with_cache`` for ours
+     and TransformerLens (every hook point), ``output_hidden_states=True,
+     output_attentions=True`` for HF as built (sdpa attention). NOT like for like: HF's
+     sdpa path ignores ``output_attentions`` (it returns ``attentions=()``), so HF stores
+     only its L+1 hidden states while ours and TL store every activation.
+  2. like for like, hidden states + attention patterns: ours ``run_with_cache`` with
+     ``names_filter`` = the tensors HF returns (``blocks.{l}.hook_resid_pre`` for each
+     layer, ``blocks.{L-1}.hook_resid_post``, ``blocks.{l}.attn.hook_pattern``) vs HF with
+     eager attention (the implementation that does return ``attentions``). Before timing,
+     the script checks the two sets hold the same data: ``hidden_states[l]`` = our
+     ``hook_resid_pre`` of block l, ``hidden_states[L]`` = ``ln_final`` of our last
+     ``hook_resid_post`` (HF's last hidden state is after ``ln_f``), ``attentions[l]`` =
+     our ``hook_pattern``.
+  3. like for like, hidden states only: ours filtered to the residual names above vs HF
+     (sdpa) with ``output_hidden_states=True``: what row 1's HF actually returns.
+
+``--only cache`` (or ``train``) runs one of the two measurements.
 
 Default config: nanoGPT's README CPU config (4 layers, 4 heads, d_model 128, block 64,
 batch 12, dropout 0, exact GELU) with shakespeare_char's 65-token vocabulary. Usage::
@@ -30,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import os
 import statistics
 import time
@@ -64,6 +84,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
     p.add_argument("--compile", action="store_true", help="torch.compile ours and HF")
     p.add_argument("--skip", default="", help="comma-separated: nanogpt,hf,tl")
+    p.add_argument(
+        "--only", choices=["train", "cache"], default=None, help="run one measurement only"
+    )
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: default)")
     p.add_argument(
         "--clock",
@@ -136,6 +159,100 @@ def check_same_loss(forwards: dict[str, Callable[[], torch.Tensor]], models: dic
                 raise SystemExit(f"{name} loss differs from ours ({ours:.6f}): not comparable")
 
 
+def hf_equivalent_names(n_layers: int) -> tuple[list[str], list[str]]:
+    """Our hook names for what HF returns: the residual stream entering each block plus the
+    last block's output (``hidden_states``, the last one before ``ln_f``) and the patterns."""
+    resid = [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)]
+    resid.append(f"blocks.{n_layers - 1}.hook_resid_post")
+    patterns = [f"blocks.{layer}.attn.hook_pattern" for layer in range(n_layers)]
+    return resid, patterns
+
+
+def check_same_cache(ours: GPT, hf_eager: torch.nn.Module, x: torch.Tensor) -> None:
+    """The like-for-like row compares equal work: ours' filtered cache must hold the same
+    tensors as HF's ``hidden_states`` and ``attentions``, to float32 rounding."""
+    resid, patterns = hf_equivalent_names(ours.cfg.n_layers)
+    with torch.no_grad():
+        out = hf_eager(x, output_hidden_states=True, output_attentions=True)
+        logits, cache = ours.run_with_cache(x, names_filter=resid + patterns)
+        ours_hidden = [cache[name] for name in resid[:-1]]
+        ours_hidden.append(ours.ln_final(cache[resid[-1]]))  # HF's last is after ln_f
+    if sorted(cache) != sorted(resid + patterns):
+        raise SystemExit(f"filtered cache holds {sorted(cache)}, not {resid + patterns}")
+    if len(out.hidden_states) != len(resid) or len(out.attentions) != len(patterns):
+        raise SystemExit(
+            f"HF returned {len(out.hidden_states)} hidden states and {len(out.attentions)} "
+            f"attention patterns, expected {len(resid)} and {len(patterns)}"
+        )
+    pairs = [("logits", out.logits, logits)]
+    for i, (theirs, mine) in enumerate(zip(out.hidden_states, ours_hidden, strict=True)):
+        pairs.append((f"hidden_states[{i}]", theirs, mine))
+    for i, (theirs, name) in enumerate(zip(out.attentions, patterns, strict=True)):
+        pairs.append((f"attentions[{i}]", theirs, cache[name]))
+    for name, theirs, mine in pairs:
+        if theirs.shape != mine.shape or not torch.allclose(theirs, mine, rtol=1e-4, atol=1e-5):
+            diff = (theirs - mine).abs().max().item() if theirs.shape == mine.shape else "shape"
+            raise SystemExit(f"HF {name} differs from ours (max abs diff {diff}): not comparable")
+    worst = max((t - m).abs().max().item() for _, t, m in pairs)
+    print(
+        f"like-for-like cache check: {len(pairs)} tensors agree with HF (max abs diff {worst:.1e})"
+    )
+
+
+def cache_rows(models: dict, x: torch.Tensor, args, device, autocast, n_tokens: int) -> None:
+    """Time and print the three cache rows (see the module docstring), interleaved."""
+    ours = models["ours"]
+
+    def no_grad(fn: Callable[[], object]) -> Callable[[], object]:
+        def run() -> object:
+            with torch.no_grad(), autocast():
+                return fn()
+
+        return run
+
+    for m in models.values():
+        m.eval()
+    hf_kw = {"output_hidden_states": True, "output_attentions": True}
+    cached = {"ours": no_grad(lambda: ours.run_with_cache(x))}
+    if "hf" in models:
+        cached["hf"] = no_grad(lambda: models["hf"](x, **hf_kw))
+    if "tl" in models:
+        cached["tl"] = no_grad(lambda: models["tl"].run_with_cache(x))
+    resid, patterns = hf_equivalent_names(ours.cfg.n_layers)
+    if "hf" in models:
+        hf_eager = to_hf_gpt2(ours)  # HF returns attention patterns only from eager attention
+        hf_eager.set_attn_implementation("eager")
+        check_same_cache(ours, hf_eager, x)
+        cached["ours_lfl"] = no_grad(lambda: ours.run_with_cache(x, names_filter=resid + patterns))
+        cached["hf_eager"] = no_grad(lambda: hf_eager(x, **hf_kw))
+        cached["ours_resid"] = no_grad(lambda: ours.run_with_cache(x, names_filter=resid))
+        cached["hf_hidden"] = no_grad(lambda: models["hf"](x, output_hidden_states=True))
+    hf_note = ""
+    if "hf" in models and not cached["hf"]().attentions:  # transformers 5's sdpa drops them
+        hf_note = "; HF's sdpa ignores output_attentions: hf returns hidden states only"
+    seconds = time_rounds(cached, args, device)  # every cache row in the same rounds
+    report(
+        "forward with activation cache: full cache (every hook) vs HF hidden_states+attentions"
+        f"\n  (no grad{hf_note})",
+        {name: seconds[name] for name in ("ours", "hf", "tl") if name in seconds},
+        n_tokens,
+    )
+    if "hf" in models:
+        report(
+            "forward with activation cache, like for like: hidden_states + attentions\n"
+            f"  (ours: names_filter = {len(resid)} resid + {len(patterns)} hook_pattern; "
+            "hf: eager attention)",
+            {"ours": seconds["ours_lfl"], "hf": seconds["hf_eager"]},
+            n_tokens,
+        )
+        report(
+            "forward with activation cache, like for like: hidden_states only\n"
+            f"  (ours: names_filter = {len(resid)} resid; hf: sdpa, output_hidden_states)",
+            {"ours": seconds["ours_resid"], "hf": seconds["hf_hidden"]},
+            n_tokens,
+        )
+
+
 def main() -> None:
     args = parse_args()
     warnings.filterwarnings("ignore")
@@ -198,30 +315,20 @@ def main() -> None:
             compiled = torch.compile(models["nanogpt"])
             forwards["nanogpt"] = lambda c=compiled: c(x, y)[1]
     check_same_loss(forwards, models)
-    for m in models.values():
-        m.train()
-    steps = {
-        name: train_step_fn(forwards[name], make_optimizer(m, device), autocast)
-        for name, m in models.items()
-    }
-    report("training step (AdamW)", time_rounds(steps, args, device), n_tokens)
-
-    def no_grad(fn: Callable[[], object]) -> Callable[[], object]:
-        def run() -> object:
-            with torch.no_grad(), autocast():
-                return fn()
-
-        return run
-
-    cached = {
-        "ours": no_grad(lambda: ours.run_with_cache(x)),
-        "hf": no_grad(lambda: models["hf"](x, output_hidden_states=True, output_attentions=True)),
-        "tl": no_grad(lambda: models["tl"].run_with_cache(x)),
-    }
-    for m in models.values():
-        m.eval()
-    cached = {name: fn for name, fn in cached.items() if name in models}
-    report("forward with activation cache (no grad)", time_rounds(cached, args, device), n_tokens)
+    initial = {name: copy.deepcopy(m.state_dict()) for name, m in models.items()}
+    if args.only != "cache":
+        for m in models.values():
+            m.train()
+        steps = {
+            name: train_step_fn(forwards[name], make_optimizer(m, device), autocast)
+            for name, m in models.items()
+        }
+        report("training step (AdamW)", time_rounds(steps, args, device), n_tokens)
+    if args.only != "train":
+        for name, m in models.items():  # training moved them apart: back to the same weights
+            m.load_state_dict(initial[name])
+        check_same_loss(forwards, models)
+        cache_rows(models, x, args, device, autocast, n_tokens)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\nload(1 min) at the end={load:.1f}")
 

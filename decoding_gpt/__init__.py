@@ -1,12 +1,19 @@
 """decoding_gpt: the helper package of the course "Decoding GPT".
 
-Data flows one way through the package::
+The package reads top to bottom, in the order declared once in
+:data:`decoding_gpt.layout.LAYERS`::
 
-    data -> tokenizer -> attention/transformer -> training -> pretrained
-         -> lens/heads/patching/probes/superposition/sae -> viz -> notebooks
+    base              layout, device, hooks
+    model             tokenizer, attention, generation, transformer, ngram
+    training          data, checkpoint, training, convert, pretrained
+    interpretability  activations, lens, heads, patching, probes, superposition, sae,
+                      evals, grokking, scaling
+    course            foundations, viz, checks, homework
+    tools             command lines (nothing imports them)
 
-A module never imports from a module to its right. Importing the package itself is
-cheap (no torch model code, no TransformerLens); import the submodule you need.
+A module imports only from its own unit and the units before it (``tests/test_layout.py``
+enforces it). Importing the package itself is cheap (no model code, no TransformerLens);
+import the submodule you need.
 """
 
 from decoding_gpt.device import get_device, set_seed

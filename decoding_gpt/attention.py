@@ -83,6 +83,20 @@ def causal_mask(
     return mask.masked_fill(~allowed, float("-inf"))
 
 
+def mask_future(scores: Float[Tensor, "... q k"]) -> Float[Tensor, "... q k"]:
+    """``scores + causal_mask(q, k)``, computed in place: ``-inf`` where key ``j`` lies after
+    query ``i`` (queries are the last ``q`` of ``k`` positions, as with a KV cache).
+
+    The same values as adding the float32 additive mask, dtype promotion included (bf16
+    scores come back in float32), without allocating the mask or a second score tensor.
+    ``scores`` is overwritten unless it had to be promoted.
+    """
+    n_q, n_k = scores.shape[-2:]
+    future = ~causal_mask_bool(n_q, n_k, device=scores.device)
+    promoted = scores.to(torch.promote_types(scores.dtype, torch.float32))
+    return promoted.masked_fill_(future, float("-inf"))
+
+
 def linear(x: Float[Tensor, "... d_in"], W: Float[Tensor, "d_in d_out"], b: Tensor) -> Tensor:
     """``x W + b`` with the bias add fused into the matmul (``addmm``): one pass, not two."""
     return torch.addmm(b, x.flatten(0, -2), W).unflatten(0, x.shape[:-1])
@@ -167,19 +181,6 @@ def ov_circuit(
 
 
 # --------------------------------------------------------------------------- positions
-class LearnedPositionalEmbedding(nn.Module):
-    """A learned table ``W_pos: [n_ctx, d_model]``; position ``p`` adds row ``p``."""
-
-    def __init__(self, n_ctx: int, d_model: int, init_range: float = 0.02):
-        super().__init__()
-        self.W_pos = nn.Parameter(torch.randn(n_ctx, d_model) * init_range)
-
-    def forward(self, n_pos: int, offset: int = 0) -> Float[Tensor, "pos d_model"]:
-        if offset + n_pos > self.W_pos.shape[0]:
-            raise ValueError(f"positions up to {offset + n_pos} exceed n_ctx={self.W_pos.shape[0]}")
-        return self.W_pos[offset : offset + n_pos]
-
-
 def sinusoidal_positional_encoding(
     n_ctx: int, d_model: int, base: float = 10000.0
 ) -> Float[Tensor, "n_ctx d_model"]:
@@ -311,8 +312,8 @@ class MultiHeadAttention(nn.Module):
         if self.use_fast_attention and not self._pattern_needed():
             z = self._fast_attention(q, k, v)
         else:
-            scores = q @ k.transpose(-2, -1) / math.sqrt(self.d_head)  # [batch, head, q, k]
-            scores = self.hook_attn_scores(scores + causal_mask(q.shape[-2], k.shape[-2], x.device))
+            scores = (q @ k.transpose(-2, -1)).div_(math.sqrt(self.d_head))  # [batch, head, q, k]
+            scores = self.hook_attn_scores(mask_future(scores))  # in place: no copies
             pattern = self.hook_pattern(scores.softmax(dim=-1))
             z = pattern @ v  # [batch, head, q, d_head]: values at the KEY positions
         z = self.hook_z(z.transpose(1, 2))  # [batch, q_pos, head, d_head]

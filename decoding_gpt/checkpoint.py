@@ -7,6 +7,7 @@ A checkpoint is a directory::
     metrics.json            the training history (see ``decoding_gpt.training.train``)
     optimizer.safetensors   AdamW state tensors, flattened as "state.{i}.{name}"  (resume only)
     trainer_state.json      step, tokens seen, clock, optimizer hyper-parameters   (resume only)
+    snapshots.safetensors   float16 weights at chosen steps, "step_{n}/{name}"  (some runs)
 
 Nothing is pickled: ``torch.load`` on an untrusted file can run arbitrary code, while a
 safetensors file is a JSON header plus raw bytes, and JSON is data. Every reader here
@@ -28,7 +29,9 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file, save_model
-from torch import nn
+from torch import Tensor, nn
+
+from decoding_gpt.transformer import GPT, GPTConfig
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -36,6 +39,7 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 TRAINER_STATE_FILE = "trainer_state.json"
+SNAPSHOTS_FILE = "snapshots.safetensors"  # weights at chosen steps of a run
 
 
 class CheckpointError(RuntimeError):
@@ -338,14 +342,66 @@ def load_checkpoint(
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: checkpoint directory does not exist")
-    if model_cls is None or config_cls is None:
-        from decoding_gpt.transformer import GPT, GPTConfig  # lazy: keep this module light
-
-        model_cls = model_cls or GPT
-        config_cls = config_cls or GPTConfig
+    model_cls = model_cls or GPT
+    config_cls = config_cls or GPTConfig
     config = read_config(directory)
     model_config = _build_config(config_cls, config["model"], directory / CONFIG_FILE)
     metrics = read_metrics(directory)
     model = model_cls(model_config).to(device)
     load_weights(directory / WEIGHTS_FILE, model)
     return model.eval(), model_config, metrics
+
+
+# --------------------------------------------------------------------------- snapshots
+
+
+def save_snapshots(path: str | os.PathLike, snapshots: dict[int, dict[str, Tensor]]) -> None:
+    """A run's weights at several steps, in one safetensors file with keys
+    ``step_{n}/{parameter}`` (float16: snapshots are for analysis, not for resuming)."""
+    flat = {
+        f"step_{step}/{name}": tensor.to(torch.float16).contiguous()
+        for step, state in sorted(snapshots.items())
+        for name, tensor in state.items()
+    }
+    save_file(flat, str(path))
+
+
+def read_snapshots(path: str | os.PathLike) -> dict[int, dict[str, Tensor]]:
+    """Inverse of :func:`save_snapshots`: state dicts in float32, by step."""
+    path = Path(path)
+    try:
+        flat = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
+    out: dict[int, dict[str, Tensor]] = {}
+    for key, tensor in flat.items():
+        head, _, name = key.partition("/")
+        if not head.startswith("step_") or not head[5:].isdigit() or not name:
+            raise ValueError(f"{path}: unexpected key {key!r}; expected 'step_<n>/<parameter>'")
+        out.setdefault(int(head[5:]), {})[name] = tensor.float()
+    return dict(sorted(out.items()))
+
+
+def load_snapshots(
+    directory: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[list[int], list[GPT]]:
+    """The snapshots of the run in ``directory`` as ``(steps, models)`` in step order.
+
+    The run's ``config.json`` gives the architecture; each snapshot is a :class:`GPT` in
+    eval mode. A snapshot whose parameters do not match the config raises ``ValueError``.
+    """
+    directory = Path(directory)
+    cfg = GPTConfig.from_dict(read_config(directory)["model"])
+    steps, models = [], []
+    for step, state in read_snapshots(directory / SNAPSHOTS_FILE).items():
+        model = GPT(cfg)
+        expected = set(model.state_dict())
+        if set(state) != expected:
+            raise ValueError(
+                f"{directory / SNAPSHOTS_FILE}: step {step} has parameters "
+                f"{sorted(set(state) ^ expected)[:6]} that do not match the config"
+            )
+        model.load_state_dict(state)
+        steps.append(step)
+        models.append(model.to(device).eval())
+    return steps, models

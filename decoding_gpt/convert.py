@@ -81,8 +81,8 @@ def to_transformer_lens(model: GPT, tokenizer: Any = None) -> Any:
     Built offline with ``TransformerBridge.boot_native``; our weights are loaded into it.
     Pass a tokenizer (e.g. a ``PreTrainedTokenizerFast``) for ``to_tokens``/``to_string``.
     """
-    from transformer_lens.config import TransformerBridgeConfig
-    from transformer_lens.model_bridge import TransformerBridge
+    from transformer_lens.config import TransformerBridgeConfig  # lazy: heavy
+    from transformer_lens.model_bridge import TransformerBridge  # lazy: heavy
 
     cfg = model.cfg
     if cfg.positional_embedding_type not in ("standard", "rotary"):
@@ -187,7 +187,7 @@ def to_hf_gpt2(model: GPT) -> Any:
     Raises ``NotImplementedError`` if GPT-2's architecture cannot represent ``model``
     and ``ValueError`` if ``b_U`` is non-zero (GPT-2's ``lm_head`` has no bias).
     """
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2Config, GPT2LMHeadModel  # lazy: heavy, HF export only
 
     cfg = model.cfg
     _check_hf_compatible(cfg)

@@ -10,6 +10,7 @@ silently falling back, so a run never pretends to be on the GPU.
 from __future__ import annotations
 
 import os
+import platform
 import random
 
 import numpy as np
@@ -73,3 +74,16 @@ def set_seed(seed: int = 0, *, deterministic: bool = True) -> None:
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def machine_description() -> str:
+    """The machine a result was measured on, in words (model cards, sweeps, benchmarks).
+
+    E.g. ``"CPU, 2 cores, x86_64, Python 3.11.7, torch 2.13.0+cpu"``: enough for a reader
+    to judge a wall time.
+    """
+    device = "CUDA " + torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    return (
+        f"{device}, {os.cpu_count()} cores, {platform.machine()}, "
+        f"Python {platform.python_version()}, torch {torch.__version__}"
+    )

@@ -23,37 +23,28 @@ Progress measures that move smoothly while test accuracy jumps (this module):
 * :func:`restricted_loss` -- loss using *only* those components: it falls before the
   test loss does.
 
-``python -m decoding_gpt.grokking`` trains the shipped ``modadd-1l`` from
-``pretrained/configs/modadd-1l.toml``, keeps snapshots across the run, measures it and
-registers it (the same as ``python -m decoding_gpt.pretrained.build modadd-1l``). The
-shipped run departs from the paper's full-batch training in two documented ways (see the
-config): mini-batches of 512 pairs and lr 3e-3, so that it groks in minutes on a CPU.
+The shipped ``modadd-1l`` was trained by this loop (``python -m
+decoding_gpt.tools.build_model modadd-1l``), and its snapshots across the run load with
+``decoding_gpt.pretrained.load_snapshots("modadd-1l")``. The shipped run departs from the
+paper's full-batch training in two documented ways (see its config): mini-batches of 512
+pairs and lr 3e-3, so that it groks in minutes on a CPU.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from decoding_gpt.transformer import GPT, GPTConfig
 
-NAME = "modadd-1l"
-CONFIG_PATH = Path(__file__).resolve().parent / "pretrained" / "configs" / f"{NAME}.toml"
-SNAPSHOTS_FILE = "snapshots.safetensors"
 # Test accuracies at whose first crossing a snapshot is kept, so the jump is sampled
 # densely wherever it happens; the other snapshots are evenly spaced over the run.
 SNAPSHOT_LEVELS = (0.1, 0.3, 0.5, 0.7, 0.9, 0.99)
@@ -131,7 +122,7 @@ def loss_and_accuracy(
 
 
 @torch.no_grad()
-def evaluate(model: GPT, data: ModAddData) -> dict[str, float]:
+def evaluate_modular_addition(model: GPT, data: ModAddData) -> dict[str, float]:
     """Train and test loss and accuracy of ``model`` on ``data``'s split."""
     logits = last_position_logits(model, data.tokens.to(model.device))
     labels = data.labels.to(model.device)
@@ -173,7 +164,8 @@ class GrokTrainConfig:
 
 @dataclass
 class GrokRun:
-    """What :func:`train` returns: the curves and the snapshots (state dicts by step)."""
+    """What :func:`train_modular_addition` returns: the curves, and the snapshots (state
+    dicts by step)."""
 
     history: dict[str, Any]
     snapshots: dict[int, dict[str, Tensor]] = field(default_factory=dict)
@@ -205,7 +197,7 @@ def batches(n: int, batch_size: int | None, seed: int) -> Iterator[Int[Tensor, "
             yield perm[start : start + batch_size]
 
 
-def train(
+def train_modular_addition(
     model: GPT,
     data: ModAddData,
     cfg: GrokTrainConfig,
@@ -238,7 +230,7 @@ def train(
     for step in range(cfg.steps + 1):
         if step % cfg.log_every == 0 or step == cfg.steps:
             model.eval()
-            m = evaluate(model, data)
+            m = evaluate_modular_addition(model, data)
             row = (step, m["train_loss"], m["train_accuracy"], m["test_loss"], m["test_accuracy"])
             for key, value in zip(keys, (*row, weight_norm_sq(model)), strict=True):
                 history[key].append(value)
@@ -267,72 +259,6 @@ def train(
     history["train_time"] = time.perf_counter() - start
     history["snapshot_steps"] = sorted(run.snapshots)
     return run
-
-
-def first_step_above(history: dict[str, Any], key: str, level: float) -> int | None:
-    """The first logged step at which ``history[key] > level`` (None if never)."""
-    return next((s for s, v in zip(history["step"], history[key], strict=True) if v > level), None)
-
-
-# --------------------------------------------------------------------------- snapshots
-
-
-def save_snapshots(path: str | Path, snapshots: dict[int, dict[str, Tensor]]) -> None:
-    """One safetensors file with keys ``step_{n}/{parameter}`` (float16)."""
-    flat = {
-        f"step_{step}/{name}": tensor.to(torch.float16).contiguous()
-        for step, state in sorted(snapshots.items())
-        for name, tensor in state.items()
-    }
-    save_file(flat, str(path))
-
-
-def read_snapshots(path: str | Path) -> dict[int, dict[str, Tensor]]:
-    """Inverse of :func:`save_snapshots` (state dicts in float32, by step)."""
-    path = Path(path)
-    try:
-        flat = load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
-    out: dict[int, dict[str, Tensor]] = {}
-    for key, tensor in flat.items():
-        head, _, name = key.partition("/")
-        if not head.startswith("step_") or not head[5:].isdigit() or not name:
-            raise ValueError(f"{path}: unexpected key {key!r}; expected 'step_<n>/<parameter>'")
-        out.setdefault(int(head[5:]), {})[name] = tensor.float()
-    return dict(sorted(out.items()))
-
-
-def load_snapshots(
-    directory: str | Path | None = None, device: str | torch.device = "cpu"
-) -> tuple[list[int], list[GPT]]:
-    """The training snapshots of a run as ``(steps, models)`` in step order.
-
-    ``directory`` defaults to the shipped ``modadd-1l`` (whose files are checked against
-    the registry's sha256 first); each snapshot is a :class:`GPT` in eval mode.
-    """
-    from decoding_gpt.checkpoint import read_config
-
-    if directory is None:
-        from decoding_gpt.pretrained.registry import model_dir, verify
-
-        verify(NAME)
-        directory = model_dir(NAME)
-    directory = Path(directory)
-    cfg = GPTConfig.from_dict(read_config(directory)["model"])
-    steps, models = [], []
-    for step, state in read_snapshots(directory / SNAPSHOTS_FILE).items():
-        model = GPT(cfg)
-        expected = set(model.state_dict())
-        if set(state) != expected:
-            raise ValueError(
-                f"{directory / SNAPSHOTS_FILE}: step {step} has parameters "
-                f"{sorted(set(state) ^ expected)[:6]} that do not match the config"
-            )
-        model.load_state_dict(state)
-        steps.append(step)
-        models.append(model.to(device).eval())
-    return steps, models
 
 
 # --------------------------------------------------------------------------- Fourier
@@ -437,182 +363,9 @@ def progress_measures(model: GPT, data: ModAddData, keys: list[int]) -> dict[str
     never a label) for the Fourier measures."""
     p = data.p
     logits = last_position_logits(model, data.tokens.to(model.device))[:, :p].float().cpu()
-    out = evaluate(model, data)
+    out = evaluate_modular_addition(model, data)
     out["key_frequency_energy"] = key_frequency_energy(model.embed.W_E[:p].detach().cpu(), keys)
     out["excluded_loss"] = excluded_loss(logits, data.labels, data.train_idx, keys)
     out["restricted_loss"] = restricted_loss(logits, data.labels, data.test_idx, keys)
     out["weight_norm_sq"] = weight_norm_sq(model)
     return out
-
-
-# --------------------------------------------------------------------------- build (CLI)
-
-
-def read_run_config(
-    path: str | Path = CONFIG_PATH, overrides: list[str] | None = None
-) -> tuple[GPTConfig, dict[str, Any], GrokTrainConfig]:
-    """``(model config, data settings, training config)`` from a TOML file + overrides.
-
-    ``[data]`` holds ``p``, ``train_fraction`` and ``seed``; ``[model]`` any
-    :class:`GPTConfig` field (``d_vocab = p + 1`` and ``n_ctx = 3`` are derived);
-    ``[train]`` the fields of :class:`GrokTrainConfig`.
-    """
-    from decoding_gpt.train import load_config
-
-    raw = load_config(path, overrides)
-    data = {"p": 113, "train_fraction": 0.3, "seed": 0, **raw.get("data", {})}
-    unknown = sorted(set(data) - {"p", "train_fraction", "seed"})
-    if unknown:
-        raise ValueError(f"{path}: unknown [data] keys {unknown}; known: p, train_fraction, seed")
-    train = raw.get("train", {})
-    unknown = sorted(set(train) - {f.name for f in fields(GrokTrainConfig)})
-    if unknown:
-        raise ValueError(f"{path}: unknown [train] keys {unknown}")
-    return model_config(data["p"], **raw.get("model", {})), data, GrokTrainConfig(**train)
-
-
-def dataset_from_config(path: str | Path = CONFIG_PATH) -> ModAddData:
-    """The split the shipped model was trained on."""
-    _, data, _ = read_run_config(path)
-    return make_dataset(data["p"], data["train_fraction"], data["seed"])
-
-
-def build(out: Path, overrides: list[str], log: Callable[[str], None] | None = print) -> Path:
-    """Train from the config and write a checkpoint (+ ``snapshots.safetensors``) to ``out``."""
-    from decoding_gpt.checkpoint import save_checkpoint
-    from decoding_gpt.device import set_seed
-
-    model_cfg, data_cfg, train_cfg = read_run_config(CONFIG_PATH, overrides)
-    data = make_dataset(data_cfg["p"], data_cfg["train_fraction"], data_cfg["seed"])
-    set_seed(train_cfg.seed)
-    model = GPT(model_cfg)
-    run = train(model, data, train_cfg, log=log)
-    # key frequencies of the final embedding, then every snapshot measured against them
-    keys = key_frequencies(frequency_norms(model.embed.W_E[: data.p].detach()))
-    snaps = []
-    for step in run.snapshots:
-        snap = GPT(model_cfg)
-        snap.load_state_dict({k: v.float() for k, v in run.snapshots[step].items()})
-        snaps.append({"step": step, **progress_measures(snap.eval(), data, keys)})
-    run.history["key_frequencies"] = keys
-    run.history["snapshots"] = snaps
-    train_section = {"data": data_cfg, **asdict(train_cfg)}
-    save_checkpoint(out, model, model_cfg, train_config=train_section, metrics=run.history)
-    save_snapshots(out / SNAPSHOTS_FILE, run.snapshots)
-    return out
-
-
-def measure(checkpoint: Path) -> dict[str, Any]:
-    """Headline metrics of a built run (what the registry and the card record)."""
-    from decoding_gpt.checkpoint import load_checkpoint, read_config
-    from decoding_gpt.pretrained.build import machine_description
-
-    model, _, history = load_checkpoint(checkpoint, GPT, GPTConfig, device="cpu")
-    data_cfg = read_config(checkpoint)["train"]["data"]
-    data = make_dataset(data_cfg["p"], data_cfg["train_fraction"], data_cfg["seed"])
-    metrics: dict[str, Any] = {k: round(v, 4) for k, v in evaluate(model, data).items()}
-    metrics.update(
-        p=data.p,
-        n_train_pairs=len(data.train_idx),
-        n_params=sum(p.numel() for p in model.parameters()),
-        steps=history["step"][-1],
-        step_test_accuracy_above_0_99=first_step_above(history, "test_accuracy", 0.99),
-        step_train_accuracy_above_0_99=first_step_above(history, "train_accuracy", 0.99),
-        key_frequencies=", ".join(map(str, history["key_frequencies"])),
-        n_snapshots=len(history["snapshot_steps"]),
-        train_wall_s=round(history["train_time"], 1),
-        machine=machine_description(),
-    )
-    return metrics
-
-
-def evaluate_shipped(model: GPT) -> dict[str, float]:
-    """Train/test loss and accuracy on the split of ``configs/modadd-1l.toml`` (the
-    ``build.SPECS`` evaluation: re-measured from the committed weights by the tests)."""
-    data = dataset_from_config()
-    if model.cfg.d_vocab != data.p + 1:
-        raise ValueError(f"model has d_vocab={model.cfg.d_vocab}, the config needs {data.p + 1}")
-    return {k: round(v, 4) for k, v in evaluate(model, data).items()}
-
-
-def write_card(checkpoint: Path, metrics: dict[str, Any]) -> str:
-    """Markdown model card (conventions of ``decoding_gpt.pretrained.build.write_card``)."""
-    from decoding_gpt.checkpoint import read_config, read_metrics
-    from decoding_gpt.pretrained.build import SPECS
-
-    spec, config, history = SPECS[NAME], read_config(checkpoint), read_metrics(checkpoint)
-    train_cfg = config["train"]
-    snapshot_rows = [
-        f"| {s['step']} | {s['train_accuracy']:.3f} | {s['test_accuracy']:.3f} | "
-        f"{s['test_loss']:.3f} | {s['key_frequency_energy']:.3f} | {s['excluded_loss']:.3f} | "
-        f"{s['restricted_loss']:.3f} | {s['weight_norm_sq']:.0f} |"
-        for s in history["snapshots"]
-    ]
-    size = train_cfg["batch_size"]
-    batch = "full batch" if size is None else f"shuffled mini-batches of {size} pairs"
-    lines = [
-        f"# {NAME}", "", spec.description, "",
-        f"Lecture {spec.lecture}. Required: {spec.requirements}.", "",
-        "## Measured", "", "| metric | value |", "|---|---|",
-        *[f"| {key} | {value} |" for key, value in metrics.items()], "",
-        "## Model config", "", "```json", json.dumps(config["model"], indent=2), "```", "",
-        "## Data and training", "",
-        f"- all {train_cfg['data']['p']}^2 pairs `a b =` -> `(a + b) mod p`; a seeded random "
-        f"{train_cfg['data']['train_fraction']:.0%} of them train, the rest test",
-        f"- AdamW, {batch}, lr {train_cfg['lr']}, weight decay {train_cfg['weight_decay']}, "
-        f"betas {tuple(train_cfg['betas'])}, {train_cfg['steps']} steps",
-        f"- config: `decoding_gpt/pretrained/configs/{NAME}.toml`",
-        f"- wall time {metrics['train_wall_s']:.0f} s on {metrics['machine']} "
-        "(the machine ran other jobs at the same time: an upper bound)",
-        f"- training curves: `metrics.json` ({len(history['step'])} logged steps: train/test "
-        "loss and accuracy, sum of squared weights)",
-        f"- snapshots: `{SNAPSHOTS_FILE}` (float16, keys `step_<n>/<parameter>`; "
-        "`decoding_gpt.grokking.load_snapshots()`)", "",
-        "## Progress measures at the snapshots", "",
-        f"Key frequencies (of the final `W_E`): {metrics['key_frequencies']}. Energy: share of "
-        "`W_E`'s non-constant squared Fourier norm at them; excluded loss: train loss without "
-        "their `(a+b)` components; restricted loss: test loss with only those components.", "",
-        "| step | train acc | test acc | test loss | key energy | excluded loss | "
-        "restricted loss | sum w^2 |",
-        "|---|---|---|---|---|---|---|---|", *snapshot_rows, "",
-        "## Reproduce", "", "```bash",
-        f"OMP_NUM_THREADS=1 python -m decoding_gpt.pretrained.build {NAME}", "```", "",
-        "(the same as `python -m decoding_gpt.grokking`; one thread ran faster than two on the "
-        "busy build machine). Training is seeded; the same machine, thread count and torch "
-        "version give the same weights.", "",
-    ]  # fmt: skip
-    return "\n".join(lines)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m decoding_gpt.grokking")
-    parser.add_argument("--checkpoint", help="measure and register this existing run")
-    parser.add_argument("--out", help=f"run directory (default runs/{NAME})")
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--no-register", action="store_true", help="measure only")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Train ``modadd-1l`` from its config, measure it, write its card and register it."""
-    args = build_parser().parse_args(argv)
-    checkpoint = Path(args.checkpoint or args.out or Path("runs") / NAME)
-    if not args.checkpoint:
-        build(checkpoint, args.overrides)
-    metrics = measure(checkpoint)
-    print(json.dumps(metrics, indent=2))
-    if not args.no_register:
-        from decoding_gpt.pretrained.build import SPECS
-        from decoding_gpt.pretrained.registry import register
-
-        spec = SPECS[NAME]
-        register(
-            NAME, checkpoint, description=spec.description, lecture=spec.lecture,
-            tokenizer=None, metrics=metrics, card=write_card(checkpoint, metrics),
-            extra_files=(SNAPSHOTS_FILE,),
-        )  # fmt: skip
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -49,7 +49,8 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 from transformer_lens.FactoredMatrix import FactoredMatrix
 
-from decoding_gpt.lens import hook_name, model_weight, n_layers
+from decoding_gpt.data.synthetic import repeated_random_tokens
+from decoding_gpt.hooks import hook_name, model_weight, n_layers
 
 # --------------------------------------------------------------------------------------
 # Pattern scores: pattern [batch, head, q, k] -> [head]
@@ -156,18 +157,6 @@ class InductionResult:
     loss_first_half: float  # mean next-token loss predicting tokens of the first copy
     loss_repeated_half: float  # ... of the second copy (low if induction works)
     tokens: Int[Tensor, "batch pos"]
-
-
-def repeated_random_tokens(
-    d_vocab: int, seq_len: int, batch: int, seed: int = 0, prefix: int | None = None
-) -> Int[Tensor, "batch pos"]:
-    """``[prefix?, r_1..r_T, r_1..r_T]`` with ``r`` uniform in ``[0, d_vocab)``, seeded."""
-    gen = torch.Generator().manual_seed(seed)
-    r = torch.randint(0, d_vocab, (batch, seq_len), generator=gen)
-    tokens = torch.cat([r, r], dim=1)
-    if prefix is not None:
-        tokens = torch.cat([torch.full((batch, 1), prefix), tokens], dim=1)
-    return tokens
 
 
 def induction_score_on_repeated_tokens(

@@ -57,42 +57,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-# --------------------------------------------------------------------------------------
-# Small accessors shared by lens / heads / patching (TransformerBridge and our GPT differ
-# in where a few weights live; hook names are identical).
-
-_HOOKS = {
-    "resid_pre": "blocks.{layer}.hook_resid_pre",
-    "resid_mid": "blocks.{layer}.hook_resid_mid",
-    "resid_post": "blocks.{layer}.hook_resid_post",
-    "attn_out": "blocks.{layer}.hook_attn_out",
-    "mlp_out": "blocks.{layer}.hook_mlp_out",
-    "z": "blocks.{layer}.attn.hook_z",
-    "q": "blocks.{layer}.attn.hook_q",
-    "k": "blocks.{layer}.attn.hook_k",
-    "v": "blocks.{layer}.attn.hook_v",
-    "pattern": "blocks.{layer}.attn.hook_pattern",
-    "mlp_post": "blocks.{layer}.mlp.hook_post",
-}
-
-
-def hook_name(kind: str, layer: int) -> str:
-    """TransformerLens hook name, e.g. ``hook_name("z", 1) == "blocks.1.attn.hook_z"``."""
-    if kind not in _HOOKS:
-        raise ValueError(f"unknown activation kind {kind!r}; choose one of {sorted(_HOOKS)}")
-    return _HOOKS[kind].format(layer=layer)
-
-
-def model_weight(model: nn.Module, name: str) -> Tensor:
-    """``W_E``, ``W_pos``, ``W_U`` or ``b_U``: on the model (bridge) or its submodule (GPT)."""
-    owner = {"W_E": "embed", "W_pos": "pos_embed", "W_U": "unembed", "b_U": "unembed"}[name]
-    if hasattr(model, name):
-        return getattr(model, name)
-    return getattr(getattr(model, owner), name)
-
-
-def n_layers(model: nn.Module) -> int:
-    return int(model.cfg.n_layers)
+from decoding_gpt.hooks import hook_name, model_weight, n_layers
 
 
 def _in_cache(cache: Any, name: str) -> bool:
@@ -313,6 +278,15 @@ def logit_diff_direction(
     return W_U[:, answer_tokens[:, 0]].T - W_U[:, answer_tokens[:, 1]].T
 
 
+def _unit_outputs(
+    acts: Float[Tensor, "batch unit k"], W_out: Float[Tensor, "unit k d_model"], b_out: Tensor
+) -> list[Tensor]:
+    """What each unit (head or neuron) writes, ``acts[:, u] @ W_out[u]``, then the bias:
+    ``unit + 1`` tensors ``[batch, d_model]`` that sum to the layer's output."""
+    outputs = torch.einsum("buk,ukm->ubm", acts, W_out)
+    return [*outputs, b_out.expand_as(outputs[0])]
+
+
 def _components(
     model: nn.Module, cache: Any, pos: int, by: str
 ) -> tuple[list[Float[Tensor, "batch d_model"]], list[str]]:
@@ -326,19 +300,17 @@ def _components(
         block = model.blocks[layer]
         if by == "head":
             z = cache[hook_name("z", layer)][:, pos]  # [batch, head, d_head]
-            heads = torch.einsum("bhd,hdm->hbm", z, block.attn.W_O)
-            comps += list(heads) + [block.attn.b_O.expand_as(heads[0])]
-            labels += [f"L{layer}H{h}" for h in range(heads.shape[0])] + [f"L{layer}_b_O"]
+            comps += _unit_outputs(z, block.attn.W_O, block.attn.b_O)
+            labels += [f"L{layer}H{h}" for h in range(z.shape[1])] + [f"L{layer}_b_O"]
         else:
             comps.append(cache[hook_name("attn_out", layer)][:, pos])
             labels.append(f"L{layer}_attn_out")
         if not _in_cache(cache, hook_name("mlp_out", layer)):
             continue  # attention-only model
         if by == "neuron":
-            post = cache[hook_name("mlp_post", layer)][:, pos]  # [batch, d_mlp]
-            neurons = torch.einsum("bn,nm->nbm", post, block.mlp.W_out)
-            comps += list(neurons) + [block.mlp.b_out.expand_as(neurons[0])]
-            labels += [f"L{layer}N{n}" for n in range(neurons.shape[0])] + [f"L{layer}_b_out"]
+            post = cache[hook_name("mlp_post", layer)][:, pos, :, None]  # [batch, d_mlp, 1]
+            comps += _unit_outputs(post, block.mlp.W_out[:, None], block.mlp.b_out)
+            labels += [f"L{layer}N{n}" for n in range(post.shape[1])] + [f"L{layer}_b_out"]
         else:
             comps.append(cache[hook_name("mlp_out", layer)][:, pos])
             labels.append(f"L{layer}_mlp_out")

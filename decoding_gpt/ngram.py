@@ -101,11 +101,6 @@ def row_normalize(counts: Tensor) -> Tensor:
     return counts / safe[:, None]
 
 
-def empty_rows(matrix: Tensor) -> Int[Tensor, " k"]:
-    """Indices of rows with no outgoing mass (dead ends of the chain)."""
-    return torch.nonzero(row_sums(matrix) == 0).flatten()
-
-
 def to_dense(matrix: Tensor, limit: int = DENSE_LIMIT) -> Tensor:
     """Densify, refusing matrices bigger than ``limit x limit`` (the 5 GB bug)."""
     if max(matrix.shape) > limit:

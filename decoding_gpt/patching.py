@@ -67,13 +67,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import Any, Literal
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from decoding_gpt.lens import hook_name, n_layers
+from decoding_gpt.hooks import hook_name, n_layers
 
 Metric = Callable[[Float[Tensor, "batch pos d_vocab"]], Tensor]
 Direction = Literal["denoising", "noising"]
@@ -404,74 +405,169 @@ def path_patching(
     earliest receiver, returned as ``[layer, head]`` (NaN where a head is not a sender).
     ``direction="noising"`` (Wang et al.) runs the clean prompt and takes the sender from
     the corrupt run; ``"denoising"`` the reverse.
+
+    The steps, each a function below (the last two per chunk of ``max_rows`` rows, in
+    which copy ``i`` of the base prompt patches the chunk's sender ``i``):
+
+    1. ``_cache_path_activations``: every head's ``z`` (and, with ``freeze_mlps``, every
+       MLP's output) on the base run, and every head's ``z`` on the source run.
+    2. ``_record_receivers``: run the base prompt with all of those frozen at their base
+       values except the sender's ``z``, which takes its source value. The change can
+       reach the receivers only directly (or through MLPs, unless frozen): record their
+       ``q``/``k``/``v``.
+    3. ``_receiver_hooks``: run the base prompt once more with nothing patched but the
+       receivers' inputs, set to the recorded values, and measure ``metric``.
     """
     _check_pair(clean_tokens, corrupt_tokens)
+    sender_list = _path_senders(model, receivers, senders)
+    base, source = _base_source(clean_tokens, corrupt_tokens, direction)
+    base_acts, source_z = _cache_path_activations(model, base, source, freeze_mlps)
+    make_hooks = partial(_path_hooks, model, base, base_acts, source_z, sender_list, receivers)
+    values = _run_chunks(model, base, len(sender_list), make_hooks, metric, max_rows)
+    return values if senders is not None else _layer_head_grid(model, sender_list, values)
+
+
+def _path_senders(
+    model: nn.Module,
+    receivers: Sequence[tuple[int, int, str]],
+    senders: Sequence[tuple[int, int]] | None,
+) -> list[tuple[int, int]]:
+    """Checked ``senders`` (default: every head in a layer before the earliest receiver).
+
+    A sender must sit in an earlier layer than every receiver: the path it starts has to
+    reach the receivers' inputs through the residual stream.
+    """
     if not receivers or any(r[2] not in ("q", "k", "v") for r in receivers):
         raise ValueError("receivers must be non-empty (layer, head, 'q'|'k'|'v') triples")
     first_receiver = min(r[0] for r in receivers)
-    L, H = n_layers(model), int(model.cfg.n_heads)
-    grid = senders is None
     if senders is None:
-        senders = [(lay, h) for lay in range(first_receiver) for h in range(H)]
+        n_heads = int(model.cfg.n_heads)
+        senders = [(lay, h) for lay in range(first_receiver) for h in range(n_heads)]
     if any(s[0] >= first_receiver for s in senders):
         raise ValueError("every sender must be in an earlier layer than every receiver")
-    base, source = _base_source(clean_tokens, corrupt_tokens, direction)
-    B = base.shape[0]
-    z_names = {hook_name("z", lay) for lay in range(L)}
-    frozen = z_names | ({hook_name("mlp_out", lay) for lay in range(L)} if freeze_mlps else set())
-    base_cache = _cache(model, base, frozen)
-    src_z = _cache(model, source, z_names)
-    recv_names = sorted({hook_name(r[2], r[0]) for r in receivers})
+    return list(senders)
 
-    def run_step(start: int, stop: int) -> dict[str, Tensor]:
-        """Step 1: senders patched, all other heads (and MLPs) frozen; record receivers."""
-        n = stop - start
-        hooks: list[tuple[str, Callable]] = []
-        for name in frozen:
-            layer = int(name.split(".")[1])
-            cells = [
-                (i - start, (layer, -1, senders[i][1]))
-                for i in range(start, stop)
-                if senders[i][0] == layer and name in z_names
-            ]
-            hooks.append((name, _freeze_then_patch(base_cache[name], src_z.get(name), cells, n, B)))
-        recorded: dict[str, Tensor] = {}
 
-        def record(name: str) -> Callable[[Tensor, Any], Tensor]:
-            def hook(act: Tensor, hook: Any) -> Tensor:
-                recorded[name] = act.clone()
-                return act
+def _cache_path_activations(
+    model: nn.Module,
+    base: Int[Tensor, "batch pos"],
+    source: Int[Tensor, "batch pos"],
+    freeze_mlps: bool,
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Step 1: ``(base_acts, source_z)``, the activations the path-patched run is built from.
 
-            return hook
+    ``base_acts``: every frozen hook (each layer's ``attn.hook_z`` ``[batch, pos, head,
+    d_head]``, and ``hook_mlp_out`` ``[batch, pos, d_model]`` with ``freeze_mlps``) on the
+    base prompt. ``source_z``: each layer's ``attn.hook_z`` on the source prompt.
+    """
+    layers = range(n_layers(model))
+    z_names = {hook_name("z", lay) for lay in layers}
+    frozen = z_names | ({hook_name("mlp_out", lay) for lay in layers} if freeze_mlps else set())
+    return _cache(model, base, frozen), _cache(model, source, z_names)
 
-        hooks += [(name, record(name)) for name in recv_names]
-        with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-            model(base.repeat(n, 1))
-        return recorded
 
-    def make_hooks(start: int, stop: int) -> list[tuple[str, Callable]]:
-        """Step 2: only the receivers' inputs take the recorded values."""
-        recorded = run_step(start, stop)
-        hooks = []
-        for name in recv_names:
-            layer = int(name.split(".")[1])
-            kind = name.split("hook_")[-1]
-            heads = torch.tensor([r[1] for r in receivers if r[0] == layer and r[2] == kind])
+def _path_hooks(
+    model: nn.Module,
+    base: Int[Tensor, "batch pos"],
+    base_acts: dict[str, Tensor],
+    source_z: dict[str, Tensor],
+    senders: list[tuple[int, int]],
+    receivers: Sequence[tuple[int, int, str]],
+    start: int,
+    stop: int,
+) -> list[tuple[str, Callable]]:
+    """Hooks that path-patch senders ``start..stop-1``, copy ``i`` of ``base`` for sender ``i``.
 
-            def hook(
-                act: Tensor, hook: Any, rec: Tensor = recorded[name], hs: Tensor = heads
-            ) -> Tensor:
-                act = act.clone()
-                act[:, :, hs] = rec[:, :, hs]
-                return act
+    Runs step 2 for the chunk (``_record_receivers``) and returns step 3's hooks, for
+    ``_run_chunks`` to run the base prompt under and measure.
+    """
+    chunk = senders[start:stop]
+    freeze = _freeze_hooks(base_acts, source_z, chunk)
+    recorded = _record_receivers(model, base, freeze, receivers, len(chunk))
+    return _receiver_hooks(recorded, receivers)
 
-            hooks.append((name, hook))
-        return hooks
 
-    values = _run_chunks(model, base, len(senders), make_hooks, metric, max_rows)
-    if not grid:
-        return values
-    out = torch.full((L, H), float("nan"))
+def _freeze_hooks(
+    base_acts: dict[str, Tensor], source_z: dict[str, Tensor], chunk: list[tuple[int, int]]
+) -> list[tuple[str, Callable]]:
+    """Step 2's hooks: every copy gets every frozen activation's base value, except that
+    copy ``i`` gets sender ``chunk[i]``'s ``z`` from the source run."""
+    hooks: list[tuple[str, Callable]] = []
+    for name, base_act in base_acts.items():
+        layer = int(name.split(".")[1])
+        cells = [
+            (i, (layer, -1, head))  # copy i, all positions, one head
+            for i, (lay, head) in enumerate(chunk)
+            if lay == layer and name in source_z
+        ]
+        patch = _freeze_then_patch(base_act, source_z.get(name), cells, len(chunk), len(base_act))
+        hooks.append((name, patch))
+    return hooks
+
+
+def _record_receivers(
+    model: nn.Module,
+    base: Int[Tensor, "batch pos"],
+    freeze_hooks: list[tuple[str, Callable]],
+    receivers: Sequence[tuple[int, int, str]],
+    n_copies: int,
+) -> dict[str, Tensor]:
+    """Step 2: run ``n_copies`` of ``base`` under ``freeze_hooks``; the receivers' inputs.
+
+    Returns hook name -> ``[n_copies * batch, pos, head, d_head]`` for each receiving
+    ``attn.hook_q`` / ``hook_k`` / ``hook_v`` (all heads; step 3 picks the receivers).
+    """
+    recorded: dict[str, Tensor] = {}
+    hooks = freeze_hooks + [(n, _record_hook(recorded, n)) for n in _receiver_names(receivers)]
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+        model(base.repeat(n_copies, 1))
+    return recorded
+
+
+def _receiver_hooks(
+    recorded: dict[str, Tensor], receivers: Sequence[tuple[int, int, str]]
+) -> list[tuple[str, Callable]]:
+    """Step 3's hooks: each receiver head's ``q``/``k``/``v`` takes its recorded value."""
+    hooks: list[tuple[str, Callable]] = []
+    for name in _receiver_names(receivers):
+        heads = torch.tensor([h for lay, h, kind in receivers if hook_name(kind, lay) == name])
+        hooks.append((name, _write_heads_hook(recorded[name], heads)))
+    return hooks
+
+
+def _receiver_names(receivers: Sequence[tuple[int, int, str]]) -> list[str]:
+    """The receivers' hook names (``blocks.L.attn.hook_q`` ...), sorted, each once."""
+    return sorted({hook_name(kind, layer) for layer, _, kind in receivers})
+
+
+def _record_hook(store: dict[str, Tensor], name: str) -> Callable[[Tensor, Any], Tensor]:
+    """Hook that copies the activation it sees into ``store[name]`` and leaves it as is."""
+
+    def hook(act: Tensor, hook: Any) -> Tensor:
+        store[name] = act.clone()
+        return act
+
+    return hook
+
+
+def _write_heads_hook(
+    recorded: Float[Tensor, "rows pos head d_head"], heads: Int[Tensor, " n"]
+) -> Callable[[Tensor, Any], Tensor]:
+    """Hook that replaces ``heads`` of the activation by their ``recorded`` values."""
+
+    def hook(act: Tensor, hook: Any) -> Tensor:
+        act = act.clone()
+        act[:, :, heads] = recorded[:, :, heads]
+        return act
+
+    return hook
+
+
+def _layer_head_grid(
+    model: nn.Module, senders: list[tuple[int, int]], values: Float[Tensor, " n_senders"]
+) -> Float[Tensor, "layer head"]:
+    """``values`` placed at their senders' ``[layer, head]``; NaN where a head sent nothing."""
+    out = torch.full((n_layers(model), int(model.cfg.n_heads)), float("nan"))
     for (lay, h), v in zip(senders, values, strict=True):
         out[lay, h] = v
     return out

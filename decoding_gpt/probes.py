@@ -190,7 +190,7 @@ def cross_validated_accuracy(
     documents one :func:`split_by_document` split can hold out an easy or a hard
     handful of them; this number does not hinge on that draw.
     """
-    from sklearn.model_selection import GroupKFold
+    from sklearn.model_selection import GroupKFold  # lazy: sklearn is slow to import
 
     _check_xy(x, y)
     n_classes = n_classes or int(y.max()) + 1

@@ -34,18 +34,16 @@ no residual spread: use 5 or more sizes for an honest error bar.
 
 **The sweep** (:func:`train_size_sweep`) trains GPTs of several widths/depths on the
 stories corpus with the *same* token budget, batches and schedule, so size is the only
-thing that changes. ``python -m decoding_gpt.scaling --out FILE.json`` runs a larger
-sweep and writes the table with its command, configuration and machine.
+thing that changes. ``python -m decoding_gpt.tools.scaling_sweep --out FILE.json`` runs a
+larger sweep and writes the table with its command, configuration and machine;
+:func:`load_sweep` and :func:`load_sweep_model` read the shipped one.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import platform
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -53,10 +51,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from jaxtyping import Float
 
-from decoding_gpt.checkpoint import file_sha256, load_weights, save_weights
+from decoding_gpt.checkpoint import file_sha256, load_weights
+from decoding_gpt.data import get_tokenizer, load_token_array
 from decoding_gpt.device import set_seed
 from decoding_gpt.training import TokenData, TrainConfig, train
 from decoding_gpt.transformer import GPT, GPTConfig
@@ -332,8 +330,6 @@ def sweep_configs(
 
 
 def _stories(split: str, n_tokens: int) -> np.ndarray:
-    from decoding_gpt.data import load_token_array
-
     return load_token_array("stories", split, n_tokens=n_tokens)  # type: ignore[arg-type]
 
 
@@ -373,8 +369,6 @@ def train_size_sweep(
     if train_data is None:  # at least 20k tokens, so small budgets share one cached array
         train_data = _stories("train", max(n_tokens, 20_000))
     val_data = _stories("val", n_val_tokens) if val_data is None else val_data
-    from decoding_gpt.data import get_tokenizer
-
     d_vocab = get_tokenizer("stories").get_vocab_size()
     rows = []
     for cfg in sweep_configs(widths, depths, d_vocab, n_ctx, d_head):
@@ -422,7 +416,7 @@ def train_size_sweep(
     return rows
 
 
-# --------------------------------------------------------------------------- CLI
+# --------------------------------------------------------------------------- the shipped sweep
 
 SWEEP_FILE = Path(__file__).parent / "pretrained" / "scaling" / "stories_sweep.json"
 
@@ -432,7 +426,8 @@ def load_sweep(path: str | os.PathLike = SWEEP_FILE) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"no sweep at {path}; write one with `python -m decoding_gpt.scaling --out {path}`"
+            f"no sweep at {path}; write one with "
+            f"`python -m decoding_gpt.tools.scaling_sweep --out {path}`"
         )
     try:
         result = json.loads(path.read_text())
@@ -443,30 +438,6 @@ def load_sweep(path: str | os.PathLike = SWEEP_FILE) -> dict[str, Any]:
     if not isinstance(rows, list) or not rows or not all(need <= set(r) for r in rows):
         raise ValueError(f"{path} has no 'rows' list with fields {sorted(need)}")
     return result
-
-
-DEFAULT_WIDTHS = (16, 24, 32, 48, 64, 96)
-DEFAULT_DEPTHS = (1, 1, 2, 2, 2, 3)
-
-
-def save_sweep_weights(rows: Sequence[SweepRow], directory: Path) -> list[dict[str, Any]]:
-    """Write each row's trained model to ``directory``; the table entries that name them.
-
-    One ``d{d_model}-l{n_layers}.safetensors`` per size (the sizes are the scaling
-    family the lectures load); each entry records the file, its sha256 and the model
-    config, so :func:`load_sweep_model` can rebuild and verify it.
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    entries = []
-    for row in rows:
-        if row.model is None:
-            raise ValueError("save_sweep_weights needs rows trained with keep_models=True")
-        path = directory / f"d{row.d_model}-l{row.n_layers}.safetensors"
-        save_weights(path, row.model)
-        entries.append(
-            {"file": path.name, "sha256": file_sha256(path), "config": row.model.cfg.to_dict()}
-        )
-    return entries
 
 
 def load_sweep_model(index: int, path: str | os.PathLike = SWEEP_FILE) -> GPT:
@@ -489,79 +460,3 @@ def load_sweep_model(index: int, path: str | os.PathLike = SWEEP_FILE) -> GPT:
         raise ValueError(f"{file}: sha256 does not match the sweep's record (corrupt file?)")
     model = GPT(GPTConfig.from_dict(entry["config"]))
     return load_weights(file, model).eval()
-
-
-def machine() -> dict[str, Any]:
-    """Where a result was measured (so a reader can compare wall times)."""
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-    }
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m decoding_gpt.scaling",
-        description="Train a family of GPT sizes on the stories corpus at a fixed token "
-        "budget, fit L(N), and write the table as JSON.",
-    )
-    parser.add_argument("--out", type=Path, required=True, help="output JSON file")
-    parser.add_argument("--widths", type=int, nargs="+", default=list(DEFAULT_WIDTHS))
-    parser.add_argument("--depths", type=int, nargs="+", default=list(DEFAULT_DEPTHS))
-    parser.add_argument("--n-tokens", type=int, default=250_000, help="tokens per model")
-    parser.add_argument("--n-ctx", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--n-val-tokens", type=int, default=50_000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--weights", type=Path, help="also save every trained model (safetensors) in this folder"
-    )
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    depths = args.depths[0] if len(args.depths) == 1 else args.depths
-    start = time.perf_counter()
-    rows = train_size_sweep(
-        args.widths,
-        depths,
-        n_tokens=args.n_tokens,
-        seed=args.seed,
-        n_ctx=args.n_ctx,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        n_val_tokens=args.n_val_tokens,
-        keep_models=args.weights is not None,
-        verbose=True,
-    )
-    n = [r.n_params_non_embedding for r in rows]
-    loss = [r.val_loss for r in rows]
-    result: dict[str, Any] = {
-        "command": "python -m decoding_gpt.scaling " + " ".join(argv or sys.argv[1:]),
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "machine": machine(),
-        "total_wall_time_s": time.perf_counter() - start,
-        "rows": [r.to_dict() for r in rows],
-    }
-    if args.weights is not None:
-        entries = save_sweep_weights(rows, args.weights)
-        for row, entry in zip(result["rows"], entries, strict=True):
-            row["weights"] = entry
-        result["weights_dir"] = os.path.relpath(args.weights, args.out.parent)
-    if len(rows) >= 3:
-        result["fit_power_law"] = fit_power_law(n, loss).to_dict()
-        result["fit_saturating"] = bootstrap_exponent(n, loss).to_dict()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out} ({len(rows)} sizes, {result['total_wall_time_s']:.0f} s)")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

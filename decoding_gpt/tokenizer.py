@@ -443,7 +443,7 @@ def as_pretrained_tokenizer_fast(
     ``PreTrainedTokenizerFast(tokenizer_object=...)`` because in transformers 5
     ``GPT2TokenizerFast(vocab_file=...)`` silently yields an empty tokenizer.
     """
-    from transformers import PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast  # lazy: heavy
 
     if tok.token_to_id(special_token) is None:
         raise ValueError(f"{special_token!r} is not in the tokenizer's vocabulary")
@@ -459,11 +459,6 @@ def as_pretrained_tokenizer_fast(
             f"wrapping lost the vocabulary ({len(wrapped)} vs {tok.get_vocab_size()} tokens)"
         )
     return wrapped
-
-
-def save_hf_tokenizer(tok: tokenizers.Tokenizer, path: str | Path) -> None:
-    """Write ``tokenizer.json`` (the HF format; readable by ``tokenizers.Tokenizer.from_file``)."""
-    tok.save(str(path))
 
 
 def load_hf_tokenizer(path: str | Path) -> tokenizers.Tokenizer:

@@ -11,7 +11,7 @@ axis and the loss is the mean next-token cross-entropy
           \log p_\theta(x_{b,t+1} \mid x_{b,1..t}).
 
 (An old course notebook shifted along the *batch* axis, training each sequence to
-predict another one; ``lm_loss`` checks shapes and the test suite checks the axis.)
+predict another one; ``next_token_loss`` checks shapes and the test suite checks the axis.)
 
 **Schedule.** Linear warmup for ``warmup_steps`` steps, then cosine decay from ``lr`` to
 ``min_lr`` at step ``steps`` (see ``lr_at``).
@@ -27,7 +27,7 @@ would see, and under data parallelism every rank draws the same global batch and
 its own slice of rows: ``world_size`` processes with ``batch_size / world_size`` rows
 each compute, after DDP averages their gradients, the same update as one process.
 
-**Data parallel.** Launch with ``torchrun --nproc_per_node=N -m decoding_gpt.train ...``;
+**Data parallel.** Launch with ``torchrun --nproc_per_node=N -m decoding_gpt.tools.train ...``;
 ``init_distributed`` reads ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` and joins the process
 group (``nccl`` on CUDA, ``gloo`` on CPU). Rank 0 alone logs, shows progress and writes
 checkpoints.
@@ -47,8 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Bool, Int
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -60,45 +59,9 @@ from decoding_gpt.checkpoint import (
     save_checkpoint,
 )
 from decoding_gpt.device import get_device
+from decoding_gpt.transformer import next_token_loss
 
 DTYPES = ("auto", "fp32", "bf16")
-
-# --------------------------------------------------------------------------- loss
-
-
-def lm_loss(
-    logits: Float[Tensor, "batch pos d_vocab"],
-    tokens: Int[Tensor, "batch pos"],
-    loss_mask: Bool[Tensor, "batch pos"] | None = None,
-) -> Tensor:
-    """Mean next-token cross-entropy: position t predicts token t+1 (sequence axis).
-
-    With ``loss_mask``, only the tokens marked ``True`` count as targets (the mean is
-    over those): e.g. only the second copy of a repeated span, whose tokens copying
-    can predict, while the random first copy would add gradient noise and no signal.
-    Returns a scalar tensor. Raises ``ValueError`` on mismatched shapes or fewer than
-    two positions (there is then nothing to predict).
-    """
-    if logits.dim() != 3 or tokens.dim() != 2 or logits.shape[:2] != tokens.shape:
-        raise ValueError(
-            "lm_loss expects logits [batch, pos, d_vocab] and tokens [batch, pos]; got "
-            f"logits {tuple(logits.shape)} and tokens {tuple(tokens.shape)}"
-        )
-    if tokens.shape[1] < 2:
-        raise ValueError(f"lm_loss needs at least 2 positions, got {tokens.shape[1]}")
-    pred = logits[:, :-1, :]  # predictions made at positions 0..T-2
-    target = tokens[:, 1:]  # the tokens they predict, positions 1..T-1
-    if loss_mask is not None:
-        if loss_mask.shape != tokens.shape:
-            raise ValueError(
-                f"loss_mask {tuple(loss_mask.shape)} must match tokens {tuple(tokens.shape)}"
-            )
-        keep = loss_mask[:, 1:]
-        if not keep.any():
-            raise ValueError("loss_mask marks no target token (positions 1..T-1)")
-        return F.cross_entropy(pred[keep].float(), target[keep])
-    return F.cross_entropy(pred.reshape(-1, pred.shape[-1]).float(), target.reshape(-1))
-
 
 # --------------------------------------------------------------------------- config
 
@@ -355,7 +318,7 @@ def evaluate(
     device: str | torch.device | None = None,
     dtype: str = "auto",
 ) -> float:
-    """Mean ``lm_loss`` over ``n_batches`` seeded random batches (the same ones every call).
+    """Mean ``next_token_loss`` over ``n_batches`` seeded random batches (the same ones every call).
 
     Under DDP each rank scores its slice of every batch and the mean is averaged
     across ranks. The model is put back in the train/eval mode it was in.
@@ -373,7 +336,7 @@ def evaluate(
         batch = sample_batch(data, batch_size, n_ctx, _step_generator(seed, i, stream=1))
         tokens = batch[local].to(device, non_blocking=True)
         with _autocast(device, dtype):
-            total += lm_loss(model(tokens), tokens)
+            total += next_token_loss(model(tokens), tokens)
     model.train(was_training)
     return _mean_across_ranks(total / n_batches, info)
 
@@ -404,11 +367,34 @@ def new_history() -> dict[str, Any]:
 
 @dataclass
 class _State:
+    """The counters a checkpoint stores and ``resume_from`` restores, with the history."""
+
     step: int = 0
     tokens_seen: int = 0
     elapsed: float = 0.0  # wall-clock seconds, including evaluation and checkpoints
     train_time: float = 0.0  # seconds spent in training steps only (for tokens/s)
     history: dict[str, Any] = field(default_factory=new_history)
+
+
+@dataclass
+class _Run:
+    """What ``train`` sets up once and its helpers share (built by ``_setup``)."""
+
+    cfg: TrainConfig
+    model: nn.Module  # the module that is evaluated and saved
+    step_model: nn.Module  # the same weights, maybe compiled and wrapped in DDP: takes steps
+    optimizer: torch.optim.Optimizer
+    state: _State
+    info: DistInfo
+    device: torch.device
+    n_ctx: int
+    rows: slice  # this rank's rows of every global batch
+    train_tokens: Tensor
+    val_tokens: Tensor | None
+    loss_mask: Tensor | None
+    model_config: Any
+    clock: float = 0.0  # time.perf_counter() at which ``elapsed`` was 0
+    bar: Any = None  # tqdm progress bar, started with the clock (``_start_clock``)
 
 
 def train(
@@ -438,7 +424,7 @@ def train(
         resume_from: a checkpoint directory with trainer state; training continues
             from its step and reaches exactly the weights of an uninterrupted run.
         loss_mask: booleans shaped like ``train_data``; if given, only the marked
-            tokens are training targets (``lm_loss``). Evaluation stays unmasked.
+            tokens are training targets (``next_token_loss``). Evaluation stays unmasked.
 
     Returns:
         The history: at every ``log_every`` step (and the last) ``step``,
@@ -447,134 +433,244 @@ def train(
         ``tokens_per_s``. Checkpoints go to ``cfg.out_dir`` every ``checkpoint_every``
         steps and at the end.
     """
+    run = _setup(model, train_data, val_data, cfg, model_config, n_ctx, resume_from, loss_mask)
+    state, optimizer = run.state, run.optimizer
+    if cfg.eval_every and state.step == 0:
+        _evaluate_val(run)  # the loss before training: about ln(d_vocab) for a fresh model
+    _start_clock(run)
+    while state.step < cfg.steps:
+        t0 = time.perf_counter()
+        lr = lr_at(state.step, cfg)  # linear warmup, then cosine decay
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        tokens, mask = _get_batch(run, state.step)  # depends on (seed, step) only
+        with _autocast(run.device, cfg.dtype):
+            loss = next_token_loss(run.step_model(tokens), tokens, mask)
+        loss.backward()  # under DDP this also averages the gradients across ranks
+        if cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        _count_step(run, t0)
+        _log_eval_checkpoint(run, loss, lr)
+        if callback is not None and callback(state.step, state.history):
+            break
+    run.bar.close()
+    return state.history
+
+
+# --------------------------------------------------------------------------- loop helpers
+
+
+def _setup(
+    model: nn.Module,
+    train_data: TokenData,
+    val_data: TokenData | None,
+    cfg: TrainConfig,
+    model_config: Any,
+    n_ctx: int | None,
+    resume_from: str | os.PathLike | None,
+    loss_mask: np.ndarray | Tensor | None,
+) -> _Run:
+    """Everything before the first step: device, data, optimiser, resume, wrappers.
+
+    On resume, weights, optimiser moments and counters come from the checkpoint
+    (``_restore``) *before* ``torch.compile`` / DDP wrap the model, so every rank starts
+    from the same restored weights.
+    """
     info = dist_info()
     device = _resolve_device(cfg, info)
     n_ctx = _n_ctx_of(model, n_ctx)
     model_config = model_config if model_config is not None else getattr(model, "cfg", None)
     train_tokens = as_token_tensor(train_data)
     val_tokens = as_token_tensor(val_data) if val_data is not None else None
-    if loss_mask is not None:
-        loss_mask = torch.as_tensor(loss_mask, dtype=torch.bool)
-        if loss_mask.shape != train_tokens.shape:
-            raise ValueError(
-                f"loss_mask {tuple(loss_mask.shape)} must match the training data "
-                f"{tuple(train_tokens.shape)}"
-            )
-    local = _local_rows(cfg.batch_size, info)
+    mask = _as_loss_mask(loss_mask, train_tokens)
+    rows = _local_rows(cfg.batch_size, info)
 
     model.to(device)
     model.train()
     optimizer = make_optimizer(model, cfg)
-    state = _State()
-    if resume_from is not None:
-        state = _restore(Path(resume_from), model, optimizer)
+    state = _State() if resume_from is None else _restore(Path(resume_from), model, optimizer)
+    return _Run(
+        cfg=cfg,
+        model=model,
+        step_model=_wrap_for_steps(model, cfg, device, info),
+        optimizer=optimizer,
+        state=state,
+        info=info,
+        device=device,
+        n_ctx=n_ctx,
+        rows=rows,
+        train_tokens=train_tokens,
+        val_tokens=val_tokens,
+        loss_mask=mask,
+        model_config=model_config,
+    )
 
+
+def _as_loss_mask(loss_mask: np.ndarray | Tensor | None, train_tokens: Tensor) -> Tensor | None:
+    """``loss_mask`` as a bool tensor, checked to have the training data's shape."""
+    if loss_mask is None:
+        return None
+    mask = torch.as_tensor(loss_mask, dtype=torch.bool)
+    if mask.shape != train_tokens.shape:
+        raise ValueError(
+            f"loss_mask {tuple(mask.shape)} must match the training data "
+            f"{tuple(train_tokens.shape)}"
+        )
+    return mask
+
+
+def _wrap_for_steps(
+    model: nn.Module, cfg: TrainConfig, device: torch.device, info: DistInfo
+) -> nn.Module:
+    """The module the steps call: ``torch.compile``-d (CUDA only), in DDP if world > 1.
+
+    DDP's ``backward`` all-reduces (averages) the gradients, so every rank then takes
+    the same optimiser step on the same weights. Evaluation and checkpoints use the
+    unwrapped ``model``: the wrappers share its parameters.
+    """
     step_model = model
     if cfg.compile and device.type == "cuda":
         step_model = torch.compile(step_model)
     if info.world_size > 1:
         ids = [device.index] if device.type == "cuda" else None
         step_model = nn.parallel.DistributedDataParallel(step_model, device_ids=ids)
+    return step_model
 
-    def run_eval() -> None:
-        if val_tokens is None:
-            return
-        loss = evaluate(
-            model,
-            val_tokens,
-            batch_size=cfg.batch_size,
-            n_ctx=n_ctx,
-            n_batches=cfg.eval_batches,
-            seed=cfg.seed,
-            device=device,
-            dtype=cfg.dtype,
-        )
-        state.history["val_step"].append(state.step)
-        state.history["val_loss"].append(loss)
 
-    def save() -> None:
-        if cfg.out_dir is None or not info.is_main:
-            return
-        trainer_state = {
-            "step": state.step,
-            "tokens_seen": state.tokens_seen,
-            "elapsed": state.elapsed,
-            "train_time": state.train_time,
-        }
-        save_checkpoint(
-            cfg.out_dir,
-            model,
-            model_config,
-            train_config=cfg,
-            metrics=state.history,
-            optimizer=optimizer,
-            trainer_state=trainer_state,
-        )
+def _start_clock(run: _Run) -> None:
+    """Start the wall clock (a resumed run continues its own) and the progress bar.
 
-    if cfg.eval_every and state.step == 0:
-        run_eval()  # the loss before training: about ln(d_vocab) for a fresh model
-    tokens_per_step = cfg.batch_size * n_ctx
-    # TQDM_DISABLE=1 turns the bar off. Passed explicitly: tqdm's notebook widget ignores
-    # the environment variable and would put a widget into every executed notebook.
+    The bar shows on rank 0 only. ``TQDM_DISABLE=1`` turns it off; we read the variable
+    ourselves because tqdm's notebook widget ignores it and would put a widget into every
+    executed notebook.
+    """
     env_off = os.environ.get("TQDM_DISABLE", "").lower() not in ("", "0", "false")
-    bar = tqdm(
-        total=cfg.steps, initial=state.step, desc="train", disable=env_off or not info.is_main
+    run.bar = tqdm(
+        total=run.cfg.steps,
+        initial=run.state.step,
+        desc="train",
+        disable=env_off or not run.info.is_main,
     )
-    clock = time.perf_counter() - state.elapsed
-    while state.step < cfg.steps:
-        t0 = time.perf_counter()
-        lr = lr_at(state.step, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        index = _window_index(
-            train_tokens.shape, cfg.batch_size, n_ctx, _step_generator(cfg.seed, state.step)
-        )
-        tokens = train_tokens[index][local].long().to(device, non_blocking=True)
-        mask = None if loss_mask is None else loss_mask[index][local].to(device)
-        with _autocast(device, cfg.dtype):
-            loss = lm_loss(step_model(tokens), tokens, mask)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        state.step += 1
-        state.tokens_seen += tokens_per_step
-        last = state.step == cfg.steps
-        if device.type == "cuda" and (last or _due(state.step, cfg.log_every)):
-            torch.cuda.synchronize()  # so train_time counts finished work
-        state.train_time += time.perf_counter() - t0
+    run.clock = time.perf_counter() - run.state.elapsed
 
-        if last or _due(state.step, cfg.log_every):
-            state.elapsed = time.perf_counter() - clock
-            train_loss = _mean_across_ranks(loss, info)  # .item(): syncs only at log steps
-            _log(state, train_loss, lr)
-            bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.2e}")
-        if last or _due(state.step, cfg.eval_every):
-            run_eval()
-        state.elapsed = time.perf_counter() - clock
-        state.history["train_time"] = state.train_time
-        state.history["tokens_per_s"] = state.tokens_seen / max(state.train_time, 1e-9)
-        if last or _due(state.step, cfg.checkpoint_every):
-            save()
-        bar.update(1)
-        if callback is not None and callback(state.step, state.history):
-            break
-    bar.close()
-    return state.history
+
+def _get_batch(
+    run: _Run, step: int
+) -> tuple[Int[Tensor, "rows n_ctx"], Bool[Tensor, "rows n_ctx"] | None]:
+    """This rank's rows of the global batch of ``step`` (and their loss mask), on device.
+
+    The windows are drawn from ``_step_generator(seed, step)``: a resumed run replays
+    the batches of an uninterrupted one, and all ranks draw the same global batch.
+    """
+    generator = _step_generator(run.cfg.seed, step)
+    index = _window_index(run.train_tokens.shape, run.cfg.batch_size, run.n_ctx, generator)
+    tokens = run.train_tokens[index][run.rows].long().to(run.device, non_blocking=True)
+    mask = None if run.loss_mask is None else run.loss_mask[index][run.rows].to(run.device)
+    return tokens, mask
+
+
+def _count_step(run: _Run, started: float) -> None:
+    """Count one finished step: ``step``, ``tokens_seen`` (global) and ``train_time``.
+
+    CUDA runs kernels asynchronously; at the steps that log (where ``.item()`` waits
+    anyway) we wait for them, so ``train_time`` counts finished work.
+    """
+    state = run.state
+    state.step += 1
+    state.tokens_seen += run.cfg.batch_size * run.n_ctx
+    if run.device.type == "cuda" and _due_now(run, run.cfg.log_every):
+        torch.cuda.synchronize()
+    state.train_time += time.perf_counter() - started
+
+
+def _log_eval_checkpoint(run: _Run, loss: Tensor, lr: float) -> None:
+    """After a step: log, evaluate and checkpoint when due, and always after the last.
+
+    Logging reads the loss with ``.item()`` (and averages it across ranks), which waits
+    for the GPU: that is why it happens every ``log_every`` steps and not every step.
+    """
+    cfg, state = run.cfg, run.state
+    if _due_now(run, cfg.log_every):
+        _log_step(run, loss, lr)
+    if _due_now(run, cfg.eval_every):
+        _evaluate_val(run)
+    state.elapsed = time.perf_counter() - run.clock
+    state.history["train_time"] = state.train_time
+    state.history["tokens_per_s"] = state.tokens_seen / max(state.train_time, 1e-9)
+    if _due_now(run, cfg.checkpoint_every):
+        _save(run)
+    run.bar.update(1)
 
 
 def _due(step: int, every: int) -> bool:
     return every > 0 and step % every == 0
 
 
-def _log(state: _State, train_loss: float, lr: float) -> None:
-    h = state.history
+def _due_now(run: _Run, every: int) -> bool:
+    """Whether the step just done is a multiple of ``every`` (> 0) or the last one."""
+    return run.state.step == run.cfg.steps or _due(run.state.step, every)
+
+
+def _log_step(run: _Run, loss: Tensor, lr: float) -> None:
+    """Append the step, its loss (mean over ranks), lr, tokens and time to the history."""
+    state, h = run.state, run.state.history
+    state.elapsed = time.perf_counter() - run.clock
+    train_loss = _mean_across_ranks(loss, run.info)
     h["step"].append(state.step)
     h["train_loss"].append(train_loss)
     h["lr"].append(lr)
     h["tokens_seen"].append(state.tokens_seen)
     h["elapsed"].append(state.elapsed)
+    run.bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.2e}")
+
+
+def _evaluate_val(run: _Run) -> None:
+    """Append ``evaluate`` on the validation data (same batches every time) to the history.
+
+    Does nothing without validation data.
+    """
+    if run.val_tokens is None:
+        return
+    loss = evaluate(
+        run.model,
+        run.val_tokens,
+        batch_size=run.cfg.batch_size,
+        n_ctx=run.n_ctx,
+        n_batches=run.cfg.eval_batches,
+        seed=run.cfg.seed,
+        device=run.device,
+        dtype=run.cfg.dtype,
+    )
+    run.state.history["val_step"].append(run.state.step)
+    run.state.history["val_loss"].append(loss)
+
+
+def _save(run: _Run) -> None:
+    """Checkpoint to ``cfg.out_dir`` (rank 0 only): what ``_restore`` needs to resume.
+
+    Weights, optimiser moments, metrics and the counters of ``_State``; the batches
+    need no state, as they depend on ``(seed, step)`` only.
+    """
+    if run.cfg.out_dir is None or not run.info.is_main:
+        return
+    state = run.state
+    trainer_state = {
+        "step": state.step,
+        "tokens_seen": state.tokens_seen,
+        "elapsed": state.elapsed,
+        "train_time": state.train_time,
+    }
+    save_checkpoint(
+        run.cfg.out_dir,
+        run.model,
+        run.model_config,
+        train_config=run.cfg,
+        metrics=state.history,
+        optimizer=run.optimizer,
+        trainer_state=trainer_state,
+    )
 
 
 def _restore(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> _State:

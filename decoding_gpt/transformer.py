@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
@@ -42,9 +42,7 @@ from decoding_gpt.attention import (
     linear,
     sinusoidal_positional_encoding,
 )
-
-if TYPE_CHECKING:
-    from decoding_gpt.generation import KVCache
+from decoding_gpt.generation import KVCache, generate
 
 ACT_FNS = {
     "gelu": F.gelu,  # exact: x * Phi(x)
@@ -179,7 +177,8 @@ class Embed(nn.Module):
 
 
 class PosEmbed(nn.Module):
-    """``W_pos [n_ctx, d_model]``: learned ("standard") or fixed sinusoidal (a buffer)."""
+    """``W_pos [n_ctx, d_model]``: learned ("standard") or fixed sinusoidal (a buffer);
+    position ``p`` adds row ``p`` to the residual stream."""
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -190,6 +189,9 @@ class PosEmbed(nn.Module):
             self.register_buffer("W_pos", pe, persistent=False)
 
     def forward(self, n_pos: int, offset: int = 0) -> Float[Tensor, "pos d_model"]:
+        """Rows ``offset .. offset + n_pos - 1``: the positions of the tokens in the input."""
+        if offset + n_pos > self.W_pos.shape[0]:
+            raise ValueError(f"positions up to {offset + n_pos} exceed n_ctx={self.W_pos.shape[0]}")
         return self.W_pos[offset : offset + n_pos]
 
 
@@ -244,23 +246,38 @@ class TransformerBlock(nn.Module):
 
 
 def next_token_loss(
-    logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "batch pos"]
+    logits: Float[Tensor, "batch pos d_vocab"],
+    tokens: Int[Tensor, "batch pos"],
+    loss_mask: Bool[Tensor, "batch pos"] | None = None,
 ) -> Float[Tensor, ""]:
     """Mean cross-entropy of predicting ``tokens[:, t+1]`` from ``logits[:, t]``.
 
     The shift is along the SEQUENCE axis (dim 1): position t predicts the next token of
-    the same sequence. (Shifting along the batch axis is a known bug; a test checks.)
+    the same sequence (shifting along the batch axis is a known bug; a test checks). With
+    ``loss_mask``, only the tokens marked ``True`` count as targets and the mean is over
+    those: e.g. only the second copy of a repeated span, which copying can predict.
+    Computed in float32 whatever the logits' dtype (bf16 autocast). Raises
+    ``ValueError`` on mismatched shapes or fewer than two positions.
     """
-    if logits.shape[:2] != tokens.shape or logits.shape[1] < 2:
+    if logits.dim() != 3 or tokens.dim() != 2 or logits.shape[:2] != tokens.shape:
         raise ValueError(
-            f"need logits [batch, pos, vocab] and tokens [batch, pos] with pos >= 2, "
-            f"got {tuple(logits.shape)} and {tuple(tokens.shape)}"
+            "next_token_loss expects logits [batch, pos, d_vocab] and tokens [batch, pos]; "
+            f"got logits {tuple(logits.shape)} and tokens {tuple(tokens.shape)}"
         )
-    # targets[:, t] = tokens[:, t + 1]; the last position has no target (ignored). Shifting
-    # the targets rather than slicing the logits avoids copying the [batch, pos, vocab] logits.
-    ignore = torch.full_like(tokens[:, :1], -100)
-    targets = torch.cat([tokens[:, 1:], ignore], dim=1)  # [batch, pos]
-    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+    if tokens.shape[1] < 2:
+        raise ValueError(f"next_token_loss needs at least 2 positions, got {tokens.shape[1]}")
+    pred = logits[:, :-1, :]  # predictions made at positions 0..T-2
+    target = tokens[:, 1:]  # the tokens they predict, positions 1..T-1
+    if loss_mask is not None:
+        if loss_mask.shape != tokens.shape:
+            raise ValueError(
+                f"loss_mask {tuple(loss_mask.shape)} must match tokens {tuple(tokens.shape)}"
+            )
+        keep = loss_mask[:, 1:]
+        if not keep.any():
+            raise ValueError("loss_mask marks no target token (positions 1..T-1)")
+        return F.cross_entropy(pred[keep].float(), target[keep])
+    return F.cross_entropy(pred.reshape(-1, pred.shape[-1]).float(), target.reshape(-1))
 
 
 class GPT(HookedRootModule):
@@ -330,8 +347,6 @@ class GPT(HookedRootModule):
         self, tokens: Int[Tensor, "... pos"], max_new_tokens: int, **kwargs: Any
     ) -> Tensor:
         """Sample a continuation; see :func:`decoding_gpt.generation.generate`."""
-        from decoding_gpt.generation import generate  # generation sits to our right
-
         return generate(self, tokens, max_new_tokens, **kwargs)
 
     @property

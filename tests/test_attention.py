@@ -10,17 +10,18 @@ import torch.nn.functional as F
 from decoding_gpt.attention import (
     AttentionHead,
     LayerKVCache,
-    LearnedPositionalEmbedding,
     MultiHeadAttention,
     apply_rotary,
     attention_pattern,
     causal_mask,
     causal_mask_bool,
+    mask_future,
     ov_circuit,
     qk_circuit,
     scaled_dot_product_attention,
     sinusoidal_positional_encoding,
 )
+from decoding_gpt.transformer import GPTConfig, PosEmbed
 
 ATOL = 1e-5
 
@@ -170,8 +171,20 @@ def test_rope_scores_depend_only_on_relative_position():
 
 
 def test_learned_positions_reject_positions_past_the_context():
-    pos = LearnedPositionalEmbedding(n_ctx=4, d_model=3)
-    assert pos(3, offset=1).shape == (3, 3)
+    pos = PosEmbed(GPTConfig(d_vocab=5, n_ctx=4, d_model=4, n_layers=1, n_heads=1))
+    assert pos(3, offset=1).shape == (3, 4)
     torch.testing.assert_close(pos(2, offset=2), pos.W_pos[2:4])
     with pytest.raises(ValueError, match="n_ctx"):
         pos(3, offset=2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize(("n_q", "n_k"), [(5, 5), (2, 6)])
+def test_mask_future_in_place_equals_adding_the_additive_mask(dtype, n_q, n_k):
+    """The fast in-place masking of the pattern path gives exactly ``scores + M``,
+    including float32 promotion of bf16 scores (the readable path's dtype)."""
+    scores = torch.randn(2, 3, n_q, n_k).to(dtype)
+    want = scores + causal_mask(n_q, n_k)
+    got = mask_future(scores.clone())
+    assert got.dtype == want.dtype
+    assert torch.equal(got, want)

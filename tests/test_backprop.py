@@ -1,4 +1,4 @@
-"""Hand-written backprop against PyTorch autograd (decoding_gpt.backprop)."""
+"""Hand-written backprop against PyTorch autograd (decoding_gpt.foundations.backprop)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from decoding_gpt.backprop import (
+from decoding_gpt.foundations.backprop import (
     cross_entropy,
     fit_loglog_slope,
     flatten_params,

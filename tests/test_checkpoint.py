@@ -95,7 +95,7 @@ def test_checkpoint_holds_only_safetensors_and_json(ckpt: Path):
 
 
 def test_checkpoint_modules_never_pickle():
-    import decoding_gpt.train as train_cli
+    import decoding_gpt.tools.train as train_cli
     import decoding_gpt.training as training
 
     for module in (checkpoint_module, training, train_cli):

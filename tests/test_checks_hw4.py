@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from decoding_gpt.checks import CheckError, hw4
 from decoding_gpt.heads import previous_token_score
-from decoding_gpt.lens import hook_name
+from decoding_gpt.hooks import hook_name
 from decoding_gpt.patching import activation_patching
 
 

@@ -12,8 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from decoding_gpt.checks import CheckError
+from decoding_gpt.checks import CheckError, hw1
 from decoding_gpt.checks import lecture05 as l05
+from decoding_gpt.checks.markov import STATIONARY_MISTAKES
 from decoding_gpt.ngram import bigram_counts, row_normalize, stationary_distribution
 from decoding_gpt.tokenizer import merge_pair
 
@@ -44,6 +45,31 @@ def test_stationary_accepts_reference_and_power_iteration():
     ],
 )
 def test_stationary_rejects(wrong, message):
+    with pytest.raises(CheckError, match=message):
+        l05.check_stationary_distribution(wrong)
+
+
+def test_stationary_is_one_check_shared_with_homework_1():
+    assert l05.check_stationary_distribution is hw1.check_stationary_distribution
+
+
+# one wrong answer per entry of the shared catalogue, with the phrase its message names
+STATIONARY_WRONG = {
+    "right_eigenvector": (lambda m: _left_eig(m.T), "RIGHT eigenvector"),
+    "not_normalised": (lambda m: 3 * _left_eig(m), "divide by pi.sum"),
+    "negative_entries": (lambda m: _left_eig(m, pick="smallest"), "negative entries"),
+    "wrong_sum": (lambda m: 2 * m[0], "pi sums to 2"),
+    "not_stationary": (lambda m: m[0], "pi M != pi"),
+}
+
+
+def test_stationary_catalogue_has_a_wrong_answer_for_every_entry():
+    assert [name for name, _ in STATIONARY_MISTAKES] == list(STATIONARY_WRONG)
+
+
+@pytest.mark.parametrize("name", list(STATIONARY_WRONG))
+def test_stationary_rejects_every_catalogued_mistake(name):
+    wrong, message = STATIONARY_WRONG[name]
     with pytest.raises(CheckError, match=message):
         l05.check_stationary_distribution(wrong)
 

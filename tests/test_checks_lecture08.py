@@ -1,5 +1,10 @@
 """Exercise checks of lecture 08: accept correct answers, reject known-wrong ones.
 
+LayerNorm, the pre-LN block and the loss are checked by :mod:`decoding_gpt.checks.
+components`, shared with homework 3: the catalogue tests below run every catalogued
+mistake in both forms, the lecture's function and the homework's ``nn.Module`` class
+(homework 3's own wrong classes are in ``test_checks_hw3.py``).
+
 Each wrong implementation is a mistake students make (the batch-axis shift is a bug of
 earlier course materials); the test pins the part of the message that names the mistake.
 The correct answers come from independent code (torch.nn.functional, the package's
@@ -8,14 +13,18 @@ modules, written-out formulas), not from the checks' own references.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from decoding_gpt.checks import CheckError
+from decoding_gpt.checks import CheckError, Mistake
 from decoding_gpt.checks import lecture08 as l08
+from decoding_gpt.checks.components import BLOCK_MISTAKES, LAYER_NORM_MISTAKES, LOSS_MISTAKES
 from decoding_gpt.generation import top_p_filter
-from decoding_gpt.training import lm_loss
+from decoding_gpt.transformer import LayerNorm, TransformerBlock, next_token_loss
 
 
 # ------------------------------------------------------------------- LayerNorm
@@ -35,7 +44,7 @@ def test_layer_norm_accepts_reference():
     ("wrong", "message"),
     [
         (lambda x, w, b, eps: _ln(x, w, b, eps, unbiased=True), "unbiased"),
-        (lambda x, w, b, eps: _ln(x, w, b, eps, eps_inside=False), "inside the square root"),
+        (lambda x, w, b, eps: _ln(x, w, b, eps, eps_inside=False), "INSIDE the square root"),
         (
             lambda x, w, b, eps: x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt() * w + b,
             "RMSNorm",
@@ -51,6 +60,39 @@ def test_layer_norm_accepts_reference():
 def test_layer_norm_rejects(wrong, message):
     with pytest.raises(CheckError, match=message):
         l08.check_layer_norm(wrong)
+
+
+def _layer_norm_class(fn):
+    """A homework-style LayerNorm class whose forward is ``fn(x, w, b, eps)``."""
+
+    class WrongLayerNorm(nn.Module):
+        def __init__(self, d_model: int, eps: float = 1e-5):
+            super().__init__()
+            self.eps = eps
+            self.w = nn.Parameter(torch.ones(d_model))
+            self.b = nn.Parameter(torch.zeros(d_model))
+
+        def forward(self, x):
+            return fn(x, self.w, self.b, self.eps)
+
+    return WrongLayerNorm
+
+
+def test_layer_norm_accepts_both_forms():
+    l08.check_layer_norm(_ln)  # the lecture's function
+    l08.check_layer_norm(LayerNorm)  # homework 3's class
+    l08.check_layer_norm(_layer_norm_class(_ln))
+
+
+def _forms(catalogue: tuple[Mistake, ...]) -> list:
+    return [pytest.param(m, form, id=f"{m.name}-{form}") for m in catalogue for form in m.forms]
+
+
+@pytest.mark.parametrize(("mistake", "form"), _forms(LAYER_NORM_MISTAKES))
+def test_layer_norm_rejects_every_catalogued_mistake(mistake, form):
+    impl = mistake.wrong if form == "function" else _layer_norm_class(mistake.wrong)
+    with pytest.raises(CheckError, match=re.escape(mistake.message)):
+        l08.check_layer_norm(impl)
 
 
 # ------------------------------------------------------------------- pre-LN block
@@ -92,7 +134,30 @@ def test_pre_ln_block_rejects(wrong, message):
         l08.check_pre_ln_block(wrong)
 
 
-# ------------------------------------------------------------------- LM loss
+def _block_class(fn):
+    """A homework-style block class (the course's sublayers) whose forward is ``fn``."""
+
+    class WrongBlock(TransformerBlock):
+        def forward(self, x):
+            return fn(x, self.ln1, self.attn, self.ln2, self.mlp)
+
+    return WrongBlock
+
+
+def test_pre_ln_block_accepts_both_forms():
+    l08.check_pre_ln_block(_pre_ln)  # the lecture's function
+    l08.check_pre_ln_block(TransformerBlock)  # homework 3's class
+    l08.check_pre_ln_block(_block_class(_pre_ln))
+
+
+@pytest.mark.parametrize(("mistake", "form"), _forms(BLOCK_MISTAKES))
+def test_pre_ln_block_rejects_every_catalogued_mistake(mistake, form):
+    impl = mistake.wrong if form == "function" else _block_class(mistake.wrong)
+    with pytest.raises(CheckError, match=re.escape(mistake.message)):
+        l08.check_pre_ln_block(impl)
+
+
+# ------------------------------------------------------------------- next-token loss
 def _loss_loop(logits, tokens):
     """Written out: -log p(token t+1) at every position t < pos - 1 of every sequence."""
     terms = [
@@ -103,9 +168,9 @@ def _loss_loop(logits, tokens):
     return torch.stack(terms).mean()
 
 
-def test_lm_loss_accepts_reference():
-    l08.check_lm_loss(lm_loss)
-    l08.check_lm_loss(_loss_loop)
+def test_next_token_loss_accepts_reference():
+    l08.check_next_token_loss(next_token_loss)
+    l08.check_next_token_loss(_loss_loop)
 
 
 def _flat(logits, tokens):
@@ -124,18 +189,25 @@ def _batch_shift(logits, tokens):
         (lambda lg, t: F.cross_entropy(*_flat(lg, t)), "no shift"),
         (lambda lg, t: F.cross_entropy(*_flat(lg[:, 1:], t[:, :-1])), "wrong way"),
         (lambda lg, t: F.cross_entropy(_flat(lg, t)[0][:-1], _flat(lg, t)[1][1:]), "flattened"),
-        (lambda lg, t: lm_loss(lg, t) * (t.shape[0] * (t.shape[1] - 1)), "SUM"),
-        (lambda lg, t: lm_loss(lg, t) * t.shape[0], "summed over the batch"),
+        (lambda lg, t: next_token_loss(lg, t) * (t.shape[0] * (t.shape[1] - 1)), "SUM"),
+        (lambda lg, t: next_token_loss(lg, t) * t.shape[0], "summed over the batch"),
         (
             lambda lg, t: F.cross_entropy(*_flat(lg[:, :-1], t[:, 1:]), reduction="none"),
             "one number",
         ),
-        (lambda lg, t: 1.1 * lm_loss(lg, t), "wrong values"),
+        (lambda lg, t: 1.1 * next_token_loss(lg, t), "wrong values"),
     ],
 )
-def test_lm_loss_rejects(wrong, message):
+def test_next_token_loss_rejects(wrong, message):
     with pytest.raises(CheckError, match=message):
-        l08.check_lm_loss(wrong)
+        l08.check_next_token_loss(wrong)
+
+
+@pytest.mark.parametrize("mistake", LOSS_MISTAKES, ids=lambda m: m.name)
+def test_next_token_loss_rejects_every_catalogued_mistake(mistake):
+    """The loss has one form (a function, in the lecture and in homework 3)."""
+    with pytest.raises(CheckError, match=re.escape(mistake.message)):
+        l08.check_next_token_loss(mistake.wrong)
 
 
 # ------------------------------------------------------------------- top-p filter

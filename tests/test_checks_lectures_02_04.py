@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from decoding_gpt.backprop import cross_entropy, linear_backward, taylor_remainders
 from decoding_gpt.checks import CheckError, compare_tensors
 from decoding_gpt.checks import lecture02 as l02
 from decoding_gpt.checks import lecture03 as l03
 from decoding_gpt.checks import lecture04 as l04
-from decoding_gpt.convnets import conv_output_size
-from decoding_gpt.neurons import (
+from decoding_gpt.foundations.backprop import cross_entropy, linear_backward, taylor_remainders
+from decoding_gpt.foundations.convnets import conv_output_size
+from decoding_gpt.foundations.neurons import (
     LIFParams,
     compose_affine,
     lif_rate_theory,

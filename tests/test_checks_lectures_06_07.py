@@ -5,15 +5,22 @@ notebooks teach) and from independent formulations (``torch.nn.functional``, com
 numbers); the rejected ones are the mistakes students make, including bugs of earlier
 course materials (anti-causal mask, value term ``x_q V``, FFT across the model dimension).
 Each test pins the part of the message that names the mistake.
+
+One head and multi-head attention are checked by :mod:`decoding_gpt.checks.components`,
+shared with homework 3: the catalogue tests below run every catalogued mistake in both
+forms, the lecture's function and the homework's ``nn.Module`` class (homework 3's own
+wrong classes are in ``test_checks_hw3.py``).
 """
 
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from decoding_gpt.attention import (
     AttentionHead,
@@ -28,6 +35,11 @@ from decoding_gpt.attention import (
 from decoding_gpt.checks import CheckError
 from decoding_gpt.checks import lecture06 as l06
 from decoding_gpt.checks import lecture07 as l07
+from decoding_gpt.checks.components import HEAD_MISTAKES, MULTI_HEAD_MISTAKES, AttentionWeights
+
+
+def _forms(catalogue) -> list:
+    return [pytest.param(m, form, id=f"{m.name}-{form}") for m in catalogue for form in m.forms]
 
 
 # =================================================================== lecture 06: causal mask
@@ -108,6 +120,41 @@ def test_attention_head_rejects_shapes_and_none():
         l06.check_attention_head(lambda *args: None)
 
 
+def _head_class(fn):
+    """A homework-style head class whose forward is ``fn(x, W_Q, W_K, W_V, W_O)``."""
+
+    class WrongHead(nn.Module):
+        def __init__(self, d_model: int, d_head: int):
+            super().__init__()
+            self.W_Q, self.W_K, self.W_V = (
+                nn.Parameter(torch.zeros(d_model, d_head)) for _ in range(3)
+            )
+            self.W_O = nn.Parameter(torch.zeros(d_head, d_model))
+
+        def forward(self, x):
+            return fn(x, self.W_Q, self.W_K, self.W_V, self.W_O)
+
+    return WrongHead
+
+
+def test_attention_head_accepts_both_forms():
+    l06.check_attention_head(_head_written_out)  # the lecture's function
+    l06.check_attention_head(AttentionHead)  # homework 3's class
+    l06.check_attention_head(
+        _head_class(lambda x, *w: torch.stack([_head_written_out(seq, *w) for seq in x]))
+    )
+
+
+@pytest.mark.parametrize(("mistake", "form"), _forms(HEAD_MISTAKES))
+def test_attention_head_rejects_every_catalogued_mistake(mistake, form):
+    if form == "function":  # the lecture's head reads one sequence [pos, d_model]
+        impl = lambda x, *weights: mistake.wrong(x[None], *weights)[0]  # noqa: E731
+    else:
+        impl = _head_class(mistake.wrong)
+    with pytest.raises(CheckError, match=re.escape(mistake.message)):
+        l06.check_attention_head(impl)
+
+
 # =================================================================== lecture 06: circuits
 def test_circuits_accept_reference():
     l06.check_circuits(
@@ -169,10 +216,10 @@ def _mha_loop(x, W_Q, W_K, W_V, W_O, reduce="sum", causal=True, scale=None, bad_
     return {"sum": per_head.sum(1), "mean": per_head.mean(1), "first": per_head[:, 0]}[reduce]
 
 
-def test_multi_head_accepts_references():
-    l06.check_multi_head(_mha_from_package)
-    l06.check_multi_head(_mha_torch_nn)
-    l06.check_multi_head(_mha_loop)
+def test_multi_head_attention_accepts_references():
+    l06.check_multi_head_attention(_mha_from_package)
+    l06.check_multi_head_attention(_mha_torch_nn)
+    l06.check_multi_head_attention(_mha_loop)
 
 
 @pytest.mark.parametrize(
@@ -185,16 +232,67 @@ def test_multi_head_accepts_references():
         ({"bad_reshape": True}, "transpose\\(1, 2\\)"),
     ],
 )
-def test_multi_head_rejects(kwargs, message):
+def test_multi_head_attention_rejects(kwargs, message):
     with pytest.raises(CheckError, match=message):
-        l06.check_multi_head(lambda *args: _mha_loop(*args, **kwargs))
+        l06.check_multi_head_attention(lambda *args: _mha_loop(*args, **kwargs))
 
 
-def test_multi_head_rejects_stacked_heads():
+def test_multi_head_attention_rejects_stacked_heads():
     with pytest.raises(CheckError, match="summed, not stacked"):
-        l06.check_multi_head(
+        l06.check_multi_head_attention(
             lambda x, W_Q, W_K, W_V, W_O: torch.stack([_mha_loop(x, W_Q, W_K, W_V, W_O)] * 3, 1)
         )
+
+
+def _multi_head_class(fn):
+    """A homework-style attention class whose forward is ``fn(x, AttentionWeights)``."""
+
+    class WrongAttention(nn.Module):
+        def __init__(self, d_model: int, n_heads: int, d_head: int):
+            super().__init__()
+            shapes = {"W_Q": (n_heads, d_model, d_head), "W_K": (n_heads, d_model, d_head),
+                      "W_V": (n_heads, d_model, d_head), "W_O": (n_heads, d_head, d_model),
+                      "b_Q": (n_heads, d_head), "b_K": (n_heads, d_head),
+                      "b_V": (n_heads, d_head), "b_O": (d_model,)}  # fmt: skip
+            for name, shape in shapes.items():
+                setattr(self, name, nn.Parameter(torch.zeros(shape)))
+
+        def forward(self, x):
+            return fn(x, AttentionWeights(*(getattr(self, n) for n in AttentionWeights._fields)))
+
+    return WrongAttention
+
+
+class SlowReferenceAttention(MultiHeadAttention):
+    """The course's attention with its fused path (sdpa, forbidden in a class) off."""
+
+    def __init__(self, d_model: int, n_heads: int, d_head: int):
+        super().__init__(d_model, n_heads, d_head, use_fast_attention=False)
+
+
+def test_multi_head_attention_accepts_both_forms():
+    l06.check_multi_head_attention(_mha_loop)  # the lecture's function
+    l06.check_multi_head_attention(SlowReferenceAttention)  # homework 3's class
+
+
+def _without_biases(fn):
+    """The lecture's form: ``fn`` with the (here zero) biases filled in."""
+
+    def run(x, W_Q, W_K, W_V, W_O):
+        zeros = [torch.zeros(W_Q.shape[0], W_Q.shape[-1], dtype=x.dtype)] * 3
+        return fn(x, AttentionWeights(W_Q, W_K, W_V, W_O, *zeros, torch.zeros(x.shape[-1])))
+
+    return run
+
+
+@pytest.mark.parametrize(("mistake", "form"), _forms(MULTI_HEAD_MISTAKES))
+def test_multi_head_attention_rejects_every_catalogued_mistake(mistake, form):
+    if form == "function":
+        impl = _without_biases(mistake.wrong)
+    else:
+        impl = _multi_head_class(mistake.wrong)
+    with pytest.raises(CheckError, match=re.escape(mistake.message)):
+        l06.check_multi_head_attention(impl)
 
 
 # =================================================================== lecture 07: sinusoidal

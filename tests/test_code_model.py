@@ -1,4 +1,4 @@
-"""code-4l's inside-a-string probe evaluation (decoding_gpt.pretrained.string_probe).
+"""code-4l's inside-a-string probe evaluation (decoding_gpt.tools.string_probe).
 
 References: the stdlib documents re-tokenized here with the code tokenizer, Python's
 ``ast`` (string-literal spans, independent of ``tokenize``), and an untrained model as
@@ -20,7 +20,7 @@ from decoding_gpt.data.stdlib_corpus import (
     stdlib_documents,
     string_literal_spans,
 )
-from decoding_gpt.pretrained import string_probe
+from decoding_gpt.tools import string_probe
 from decoding_gpt.transformer import GPT, GPTConfig
 
 N_CTX = 128

@@ -1,4 +1,4 @@
-"""Conv output sizes, digits data, CNN and RNN (decoding_gpt.convnets)."""
+"""Conv output sizes, digits data, CNN and RNN (decoding_gpt.foundations.convnets)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from decoding_gpt.convnets import (
+from decoding_gpt.foundations.convnets import (
     DigitsCNN,
     ParityRNN,
     accuracy,

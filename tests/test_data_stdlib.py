@@ -14,7 +14,6 @@ import pytest
 
 from decoding_gpt.data import get_tokenizer
 from decoding_gpt.data.bpe import TOKENIZER_DIR
-from decoding_gpt.data.build import check_tokenizer, texts_sha256, training_texts
 from decoding_gpt.data.labels import align_char_labels
 from decoding_gpt.data.stdlib_corpus import (
     CODE_LABEL_NAMES,
@@ -22,6 +21,7 @@ from decoding_gpt.data.stdlib_corpus import (
     split_of,
     stdlib_documents,
 )
+from decoding_gpt.tools.build_data import check_tokenizer, texts_sha256, training_texts
 
 SNIPPET = '''import os  # the os module
 

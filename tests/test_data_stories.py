@@ -15,7 +15,6 @@ import pytest
 
 from decoding_gpt.data import get_tokenizer
 from decoding_gpt.data.bpe import TOKENIZER_DIR, mark_digit_pairs
-from decoding_gpt.data.build import build_tokenizer, check_tokenizer, texts_sha256, training_texts
 from decoding_gpt.data.stories import (
     DEFAULT_HELD_OUT_IOI,
     IOI_TEMPLATE_BY_NAME,
@@ -41,6 +40,12 @@ from decoding_gpt.data.world import (
     render_fact,
 )
 from decoding_gpt.tokenizer import train_hf_bpe
+from decoding_gpt.tools.build_data import (
+    build_tokenizer,
+    check_tokenizer,
+    texts_sha256,
+    training_texts,
+)
 
 GENDER = {"female": 0, "male": 1}
 

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from decoding_gpt.checkpoint import read_metrics
-from decoding_gpt.train import main
+from decoding_gpt.tools.train import main
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "configs" / "tiny-smoke.toml"
@@ -42,7 +42,14 @@ OVERRIDES = [
 def test_two_gloo_processes_match_one_process(tmp_path: Path):
     env = os.environ | {"TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1", "DGPT_DEVICE": "cpu"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    cmd += ["-m", "decoding_gpt.train", str(TINY_CONFIG), *OVERRIDES, "--out", str(tmp_path / "2")]
+    cmd += [
+        "-m",
+        "decoding_gpt.tools.train",
+        str(TINY_CONFIG),
+        *OVERRIDES,
+        "--out",
+        str(tmp_path / "2"),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "world size 2" in proc.stdout

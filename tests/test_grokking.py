@@ -1,4 +1,5 @@
-"""Modular addition data, Fourier progress measures, the training loop, the shipped model."""
+"""Modular addition data, Fourier progress measures, the training loop, the shipped model
+(and its build: ``decoding_gpt.tools.build_modadd`` through ``tools.build_model``)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,16 @@ import torch.nn.functional as F
 
 from decoding_gpt import grokking as g
 from decoding_gpt import pretrained
+from decoding_gpt.checkpoint import SNAPSHOTS_FILE, load_snapshots, read_snapshots
+from decoding_gpt.pretrained import registry
+from decoding_gpt.tools import build_modadd, build_model
 from decoding_gpt.transformer import GPT
 
 TINY = ["data.p=7", "model.d_model=16", "model.n_heads=2", "model.d_mlp=32"]
+
+
+def _flags(settings: list[str]) -> list[str]:
+    return [flag for item in settings for flag in ("--set", item)]
 
 
 # --------------------------------------------------------------------------- data
@@ -141,7 +149,7 @@ def test_training_loop_logs_curves_and_snapshots():
     torch.manual_seed(0)
     model = GPT(g.model_config(7, d_model=16, n_heads=2, d_mlp=32))
     cfg = g.GrokTrainConfig(steps=20, lr=1e-2, log_every=5, n_snapshots=8)
-    run = g.train(model, data, cfg, log=None)
+    run = g.train_modular_addition(model, data, cfg, log=None)
     h = run.history
     assert h["step"] == [0, 5, 10, 15, 20]
     assert all(len(h[key]) == 5 for key in ("train_loss", "test_loss", "test_accuracy"))
@@ -152,53 +160,57 @@ def test_training_loop_logs_curves_and_snapshots():
     for name, tensor in run.snapshots[20].items():
         torch.testing.assert_close(tensor.float(), final[name])
     # the logged final metrics are the model's
-    assert g.evaluate(model, data)["test_loss"] == pytest.approx(h["test_loss"][-1], abs=1e-5)
+    assert g.evaluate_modular_addition(model, data)["test_loss"] == pytest.approx(
+        h["test_loss"][-1], abs=1e-5
+    )
 
 
 def test_cli_builds_a_run_whose_snapshots_load(tmp_path):
     sets = [*TINY, "train.steps=12", "train.log_every=3", "train.lr=1e-2"]
     assert (
-        g.main(["--out", str(tmp_path), "--no-register", *sum((["--set", s] for s in sets), [])])
-        == 0
+        build_model.main(["modadd-1l", "--out", str(tmp_path), "--no-register", *_flags(sets)]) == 0
     )
-    steps, models = g.load_snapshots(tmp_path)
+    steps, models = load_snapshots(tmp_path)
     assert steps[0] == 0 and steps[-1] == 12 and steps == sorted(steps)
     history = json.loads((tmp_path / "metrics.json").read_text())
     data = g.make_dataset(7, 0.3, seed=0)  # the config's split with p = 7
     recorded = {s["step"]: s["test_accuracy"] for s in history["snapshots"]}
     for step, model in zip(steps, models, strict=True):
-        assert g.evaluate(model, data)["test_accuracy"] == pytest.approx(recorded[step], abs=1e-6)
+        assert g.evaluate_modular_addition(model, data)["test_accuracy"] == pytest.approx(
+            recorded[step], abs=1e-6
+        )
 
 
 def test_corrupt_snapshots_file_is_reported(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="bad.safetensors"):
-        g.read_snapshots(tmp_path / "bad.safetensors")
+        read_snapshots(tmp_path / "bad.safetensors")
 
 
 def test_bad_config_keys_are_reported():
     with pytest.raises(ValueError, match="unknown"):
-        g.read_run_config(g.CONFIG_PATH, ["data.modulus=7"])
+        build_modadd.read_run_config(build_model.CONFIG_DIR / "modadd-1l.toml", ["data.modulus=7"])
 
 
 # --------------------------------------------------------------------------- shipped model
 
+NAME = "modadd-1l"
 shipped = pytest.mark.skipif(
-    g.NAME not in pretrained.list_models(), reason="modadd-1l is not registered yet"
+    NAME not in pretrained.list_models(), reason="modadd-1l is not registered yet"
 )
 
 
 @shipped
 def test_shipped_model_has_grokked():
-    model = pretrained.load_native(g.NAME, device="cpu")
-    metrics = g.evaluate(model, g.dataset_from_config())
+    model = pretrained.load_native(NAME, device="cpu")
+    metrics = g.evaluate_modular_addition(model, build_modadd.split_of(pretrained.model_dir(NAME)))
     assert metrics["train_accuracy"] > 0.99 and metrics["test_accuracy"] > 0.99, metrics
 
 
 @shipped
 def test_shipped_model_loads_in_transformer_lens_with_the_same_logits():
-    native = pretrained.load_native(g.NAME, device="cpu")
-    bridge = pretrained.load(g.NAME, device="cpu")
+    native = pretrained.load_native(NAME, device="cpu")
+    bridge = pretrained.load(NAME, device="cpu")
     tokens, _ = g.all_pairs(native.cfg.d_vocab - 1)
     tokens = tokens[::97]
     with torch.no_grad():
@@ -207,15 +219,15 @@ def test_shipped_model_loads_in_transformer_lens_with_the_same_logits():
 
 @shipped
 def test_shipped_snapshots_show_the_jump():
-    steps, models = g.load_snapshots()
-    data = g.dataset_from_config()
-    measured = [g.evaluate(m, data) for m in models]
+    steps, models = pretrained.load_snapshots(NAME)
+    data = build_modadd.split_of(pretrained.model_dir(NAME))
+    measured = [g.evaluate_modular_addition(m, data) for m in models]
     acc = [m["test_accuracy"] for m in measured]
     train_acc = [m["train_accuracy"] for m in measured]
     assert acc[0] < 0.05 and acc[-1] > 0.99, acc
     # grokking: some snapshot has memorised the train pairs while the test ones lag behind
     assert any(tr > 0.9 and te < 0.5 for tr, te in zip(train_acc, acc, strict=True)), acc
-    history = json.loads((pretrained.model_dir(g.NAME) / "metrics.json").read_text())
+    history = json.loads((pretrained.model_dir(NAME) / "metrics.json").read_text())
     assert steps == history["snapshot_steps"]
     recorded = [s["test_accuracy"] for s in history["snapshots"]]
     assert acc == pytest.approx(recorded, abs=2e-3)
@@ -223,20 +235,18 @@ def test_shipped_snapshots_show_the_jump():
 
 def test_registered_snapshots_are_checked_against_the_registry(tmp_path, monkeypatch):
     """``register(extra_files=...)`` hashes the snapshots too: a changed byte is caught."""
-    from decoding_gpt.pretrained import registry
-
     monkeypatch.setattr(registry, "MODELS_DIR", tmp_path / "models")
     monkeypatch.setattr(registry, "REGISTRY_FILE", tmp_path / "registry.json")
     run = tmp_path / "run"
     sets = [*TINY, "train.steps=2", "train.log_every=1"]
-    g.main(["--out", str(run), "--no-register", *sum((["--set", s] for s in sets), [])])
-    info = registry.register(
+    build_model.main(["modadd-1l", "--out", str(run), "--no-register", *_flags(sets)])
+    info = build_model.register(
         "tiny-modadd", run, description="test", lecture="16", tokenizer=None,
-        metrics={}, card="# tiny\n", extra_files=(g.SNAPSHOTS_FILE,),
+        metrics={}, card="# tiny\n", extra_files=(SNAPSHOTS_FILE,),
     )  # fmt: skip
-    assert g.SNAPSHOTS_FILE in info.files
+    assert SNAPSHOTS_FILE in info.files
     registry.verify("tiny-modadd")
-    path = registry.MODELS_DIR / "tiny-modadd" / g.SNAPSHOTS_FILE
+    path = registry.MODELS_DIR / "tiny-modadd" / SNAPSHOTS_FILE
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))

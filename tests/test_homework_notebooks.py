@@ -16,13 +16,13 @@ import pytest
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-from decoding_gpt.homework.__main__ import main as homework_cli
 from decoding_gpt.homework.student import (
     BEGIN_HIDDEN,
     BEGIN_SOLUTION,
     CODE_STUB,
     STUDENT_FILENAME,
 )
+from decoding_gpt.tools.homework import main as homework_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTIONS = sorted(ROOT.glob("homework/*/solution.ipynb"))

@@ -9,10 +9,10 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from decoding_gpt.homework.__main__ import main as homework_cli
 from decoding_gpt.homework.grade import grade, graded_notebook
 from decoding_gpt.homework.sandbox import Limits, namespaces_available
 from decoding_gpt.homework.student import MarkerError, make_student_notebook, student_source
+from decoding_gpt.tools.homework import main as homework_cli
 
 ANSWER = '''def square(x):
     """Return x squared."""

@@ -1,4 +1,4 @@
-"""LIF neuron, perceptron, affine collapse and ReLU interpolation (decoding_gpt.neurons)."""
+"""LIF neuron, perceptron, affine collapse, ReLU interpolation (foundations.neurons)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from decoding_gpt.neurons import (
+from decoding_gpt.foundations.neurons import (
     LIFParams,
     affine_chain,
     compose_affine,

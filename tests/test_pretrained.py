@@ -10,6 +10,7 @@ import torch
 
 from decoding_gpt import pretrained
 from decoding_gpt.pretrained import registry
+from decoding_gpt.tools import build_model
 
 SHIPPED = pretrained.list_models()
 
@@ -26,7 +27,7 @@ def fake_registry(tmp_path, monkeypatch):
     config = GPTConfig(d_vocab=50, n_ctx=16, d_model=32, n_layers=1, n_heads=2)
     model = GPT(config)
     save_checkpoint(tmp_path / "ckpt", model, config, metrics={"val_loss": 3.9})
-    registry.register(
+    build_model.register(
         "tiny", tmp_path / "ckpt", description="test", lecture="none", tokenizer=None,
         metrics={"val_loss": 3.9}, card="# tiny\n",
     )  # fmt: skip

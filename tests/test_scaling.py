@@ -15,12 +15,12 @@ from decoding_gpt.scaling import (
     fit_saturating_power_law,
     load_sweep,
     load_sweep_model,
-    main,
     non_embedding_params,
     power_law,
     sweep_configs,
     train_size_sweep,
 )
+from decoding_gpt.tools.scaling_sweep import main
 from decoding_gpt.training import evaluate
 from decoding_gpt.transformer import GPT, GPTConfig
 
@@ -165,9 +165,9 @@ def test_cli_writes_table_and_fit(tmp_path, monkeypatch):
     argv += ["--n-ctx", "16", "--batch-size", "4", "--n-val-tokens", "5000"]
     assert main(argv) == 0
     result = json.loads(out.read_text())
-    assert result["command"].startswith("python -m decoding_gpt.scaling --out")
+    assert result["command"].startswith("python -m decoding_gpt.tools.scaling_sweep --out")
     assert result["config"]["widths"] == [8, 16, 32]
-    assert result["machine"]["cpu_count"] >= 1
+    assert "cores" in result["machine"] and "torch" in result["machine"]
     assert [row["d_model"] for row in result["rows"]] == [8, 16, 32]
     assert {"exponent", "alpha", "l_inf", "exponent_ci"} <= set(result["fit_saturating"])
     assert result["fit_power_law"]["l_inf"] == 0.0
@@ -197,13 +197,15 @@ def test_cli_weights_reload_to_the_reported_loss(tmp_path, monkeypatch):
 def test_committed_sweep_loads_and_loss_falls_with_size(tmp_path):
     result = load_sweep()
     rows = sorted(result["rows"], key=lambda r: r["n_params_non_embedding"])
-    assert len(rows) >= 5 and result["command"].startswith("python -m decoding_gpt.scaling")
+    assert len(rows) >= 5 and result["command"].startswith(
+        "python -m decoding_gpt.tools.scaling_sweep"
+    )
     assert all(r["n_params"] > r["n_params_non_embedding"] > 0 for r in rows)
     n = [r["n_params_non_embedding"] for r in rows]
     loss = [r["val_loss"] for r in rows]
     assert fit_power_law(n, loss).exponent < 0
     assert loss[-1] < loss[0]
-    with pytest.raises(FileNotFoundError, match="python -m decoding_gpt.scaling"):
+    with pytest.raises(FileNotFoundError, match="python -m decoding_gpt.tools.scaling_sweep"):
         load_sweep(tmp_path / "missing.json")
     corrupt = tmp_path / "corrupt.json"
     corrupt.write_text('{"rows": [')

@@ -1,7 +1,7 @@
 """The shipped models show what their lectures teach, and their configs still train.
 
 The headline metrics are re-measured from the committed weights with the same package
-functions that measured them at build time (``decoding_gpt.pretrained.build``), so a
+functions that measured them at build time (``decoding_gpt.tools.build_model``), so a
 change to the model code, the tokenizer or the evaluation that silently breaks a
 shipped model fails here.
 """
@@ -14,7 +14,8 @@ import tomllib
 import pytest
 
 from decoding_gpt import pretrained
-from decoding_gpt.pretrained import build, string_probe
+from decoding_gpt.tools import build_model as build
+from decoding_gpt.tools import string_probe
 
 SHIPPED = [name for name in build.SPECS if name in pretrained.list_models()]
 
@@ -45,7 +46,7 @@ def headline_evaluation(name: str, model) -> dict:
     if name == "code-4l":
         best = pretrained.model_info(name).metrics["inside_string_best_hook"]
         return string_probe.evaluate_string_probe(model, only_hooks=[best])
-    return build.SPECS[name].evaluate(model)
+    return build.SPECS[name].evaluate(model, pretrained.model_dir(name))
 
 
 @pytest.fixture(scope="module", params=SHIPPED)
@@ -85,7 +86,7 @@ def test_model_shows_its_phenomenon(measured):
 def test_card_states_the_reproduce_command():
     for name in SHIPPED:
         card = (pretrained.model_dir(name) / "card.md").read_text()
-        assert f"python -m decoding_gpt.pretrained.build {name}" in card
+        assert f"python -m decoding_gpt.tools.build_model {name}" in card
 
 
 @pytest.mark.parametrize("name", list(build.SPECS))

@@ -25,7 +25,6 @@ from decoding_gpt.tokenizer import (
     load_hf_tokenizer,
     merge_pair,
     pretokenize,
-    save_hf_tokenizer,
     token_frequencies,
     train_hf_bpe,
     zipf_exponent,
@@ -178,7 +177,7 @@ def test_bpe_save_load_round_trip(tmp_path):
 
 def test_hf_tokenizer_save_load(tmp_path):
     path = tmp_path / "tokenizer.json"
-    save_hf_tokenizer(hf_bpe(), path)
+    hf_bpe().save(str(path))
     assert load_hf_tokenizer(path).encode(held_out()).ids == hf_bpe().encode(held_out()).ids
     path.write_text("{not json")
     with pytest.raises(ValueError, match="not a valid tokenizer.json"):

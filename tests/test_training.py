@@ -1,4 +1,4 @@
-"""Tests for decoding_gpt.training and the training CLI (decoding_gpt.train).
+"""Tests for decoding_gpt.training and the training CLI (decoding_gpt.tools.train).
 
 References are independent of the code under test: a per-position log-softmax loop for
 the loss, torch's CosineAnnealingLR closed form for the schedule, AdamW's decoupled
@@ -20,19 +20,18 @@ import torch
 import torch.nn.functional as F
 
 from decoding_gpt.checkpoint import load_checkpoint, read_config, read_metrics
-from decoding_gpt.train import apply_overrides, load_data, main, mix_repeated_rows, synthetic_tokens
+from decoding_gpt.tools.train import apply_overrides, load_data, main
 from decoding_gpt.training import (
     TrainConfig,
     _step_generator,
     _window_index,
     evaluate,
-    lm_loss,
     lr_at,
     make_optimizer,
     sample_batch,
     train,
 )
-from decoding_gpt.transformer import GPT, GPTConfig
+from decoding_gpt.transformer import GPT, GPTConfig, next_token_loss
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "configs" / "tiny-smoke.toml"
@@ -53,7 +52,7 @@ def quiet_cfg(**kw) -> TrainConfig:
 # --------------------------------------------------------------------------- loss
 
 
-def test_lm_loss_matches_per_position_reference():
+def test_next_token_loss_matches_per_position_reference():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(3, 7, 11, generator=g)
     tokens = torch.randint(0, 11, (3, 7), generator=g)
@@ -62,10 +61,10 @@ def test_lm_loss_matches_per_position_reference():
         for b in range(3)
         for t in range(6)
     ]
-    assert torch.allclose(lm_loss(logits, tokens), torch.stack(terms).mean(), atol=1e-6)
+    assert torch.allclose(next_token_loss(logits, tokens), torch.stack(terms).mean(), atol=1e-6)
 
 
-def test_lm_loss_shifts_along_sequence_not_batch():
+def test_next_token_loss_shifts_along_sequence_not_batch():
     """Logits that predict the NEXT token of the SAME sequence give ~0 loss.
 
     The historical bug paired sequence b with sequence b+1 (a batch-axis shift),
@@ -74,7 +73,7 @@ def test_lm_loss_shifts_along_sequence_not_batch():
     tokens = torch.randint(0, 50, (4, 9), generator=torch.Generator().manual_seed(1))
     logits = torch.full((4, 9, 50), -30.0)
     logits[:, :-1].scatter_(-1, tokens[:, 1:, None], 30.0)
-    assert lm_loss(logits, tokens).item() < 1e-6
+    assert next_token_loss(logits, tokens).item() < 1e-6
     batch_shifted = F.cross_entropy(logits[:-1].reshape(-1, 50), tokens[1:].reshape(-1))
     assert batch_shifted.item() > 10  # the wrong shift is very wrong on the same input
 
@@ -83,9 +82,9 @@ def test_lm_loss_shifts_along_sequence_not_batch():
     "logits_shape, tokens_shape",
     [((2, 5, 7), (2, 6)), ((2, 5), (2, 5)), ((2, 1, 7), (2, 1)), ((3, 5, 7), (2, 5))],
 )
-def test_lm_loss_rejects_bad_shapes(logits_shape, tokens_shape):
-    with pytest.raises(ValueError, match="lm_loss"):
-        lm_loss(torch.zeros(logits_shape), torch.zeros(tokens_shape, dtype=torch.long))
+def test_next_token_loss_rejects_bad_shapes(logits_shape, tokens_shape):
+    with pytest.raises(ValueError, match="next_token_loss"):
+        next_token_loss(torch.zeros(logits_shape), torch.zeros(tokens_shape, dtype=torch.long))
 
 
 # --------------------------------------------------------------------------- schedule
@@ -257,13 +256,6 @@ def test_ddp_batch_must_split_evenly(monkeypatch):
 # --------------------------------------------------------------------------- CLI
 
 
-def test_synthetic_tokens_repeat_their_first_half():
-    tokens = synthetic_tokens(200, 10, 50, repeat_fraction=0.5, seed=0)
-    repeated = (tokens[:, :5] == tokens[:, 5:]).all(axis=1)
-    assert tokens.dtype == np.uint16 and tokens.max() < 50
-    assert 60 < repeated.sum() < 140  # about half, by a binomial(200, 0.5)
-
-
 def test_overrides_parse_toml_values():
     config = apply_overrides({}, ["train.steps=20", "train.lr=1e-3", "data.kind=random"])
     assert config == {"train": {"steps": 20, "lr": 1e-3}, "data": {"kind": "random"}}
@@ -286,7 +278,7 @@ def test_cli_rejects_token_ids_outside_the_vocabulary(tmp_path):
 def test_cli_trains_and_writes_a_loadable_checkpoint(tmp_path):
     out = tmp_path / "run"
     env = os.environ | {"TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "decoding_gpt.train", str(TINY_CONFIG)]
+    cmd = [sys.executable, "-m", "decoding_gpt.tools.train", str(TINY_CONFIG)]
     cmd += ["--set", "train.steps=20", "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -335,30 +327,7 @@ def test_cli_resume_continues_a_finished_run_to_more_steps(tmp_path):
     assert metrics["tokens_seen"] == [3 * 4 * 32, 5 * 4 * 32]
 
 
-def test_mix_repeated_rows_plants_spans_at_varying_offsets():
-    stream = np.arange(64 * 200) % 1000  # corpus stand-in: no token repeats within a row
-    rows = mix_repeated_rows(stream, n_ctx=64, d_vocab=50_000, repeat_fraction=0.5, seed=0)
-    assert rows.shape == (200, 64)
-    starts, lengths = set(), set()
-    n_planted = 0
-    for row, original in zip(rows, stream.reshape(200, 64), strict=True):
-        changed = np.flatnonzero(row != original)
-        if changed.size == 0:
-            continue
-        n_planted += 1
-        first, last = int(changed[0]), int(changed[-1])
-        span = (last - first + 1) // 2
-        assert 8 <= span <= 32
-        np.testing.assert_array_equal(row[first : first + span], row[first + span : last + 1])
-        starts.add(first)
-        lengths.add(span)
-    assert 60 < n_planted < 140  # about half, by a binomial(200, 0.5)
-    assert len(starts) > 10 and len(lengths) > 10  # no fixed layout to shortcut
-    again = mix_repeated_rows(stream, n_ctx=64, d_vocab=50_000, repeat_fraction=0.5, seed=0)
-    np.testing.assert_array_equal(rows, again)
-
-
-def test_lm_loss_mask_averages_only_the_marked_targets():
+def test_next_token_loss_mask_averages_only_the_marked_targets():
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(2, 6, 9, generator=g)
     tokens = torch.randint(0, 9, (2, 6), generator=g)
@@ -367,51 +336,34 @@ def test_lm_loss_mask_averages_only_the_marked_targets():
     expected = F.cross_entropy(
         torch.stack([logits[0, 2], logits[1, 0], logits[1, 4]]), tokens[[0, 1, 1], [3, 1, 5]]
     )
-    assert torch.allclose(lm_loss(logits, tokens, mask), expected, atol=1e-6)
+    assert torch.allclose(next_token_loss(logits, tokens, mask), expected, atol=1e-6)
     with pytest.raises(ValueError, match="marks no target"):
-        lm_loss(
+        next_token_loss(
             logits, tokens, torch.zeros(2, 6, dtype=torch.bool).index_fill(1, torch.tensor(0), True)
         )
     with pytest.raises(ValueError, match="must match tokens"):
-        lm_loss(logits, tokens, mask[:, :5])
-
-
-def test_mix_repeated_rows_mask_marks_the_copyable_tokens():
-    stream = np.arange(64 * 50) % 1000
-    rows, mask = mix_repeated_rows(
-        stream, n_ctx=64, d_vocab=50_000, repeat_fraction=1.0, seed=3, min_span=4, return_mask=True
-    )
-    for row, marked in zip(rows, mask, strict=True):
-        positions = np.flatnonzero(marked)
-        # each marked token equals the token one span back, and so does its predecessor:
-        # copying from the first occurrence predicts it
-        first = positions[0] - 1  # the second copy's first token: nothing predicts it
-        span = len(positions) + 1
-        assert 4 <= span <= 32
-        np.testing.assert_array_equal(row[positions], row[positions - span])
-        assert positions.tolist() == list(range(first + 1, first + span))
-    np.testing.assert_array_equal(
-        rows, mix_repeated_rows(stream, 64, 50_000, 1.0, seed=3, min_span=4)
-    )
+        next_token_loss(logits, tokens, mask[:, :5])
 
 
 def test_loss_on_repeats_trains_only_on_second_copies(tmp_path):
     section = {"kind": "random", "n_seqs": 16, "repeat_fraction": 1.0}
-    section |= {"repeat_layout": "spans", "min_span": 4, "loss_on": "repeats"}
+    section |= {"min_span": 4, "loss_on": "repeats"}
     data = load_data(section, n_ctx=32, d_vocab=64, seed=0)
     assert data.loss_mask is not None and data.loss_mask.shape == data.train.shape
     assert data.loss_mask.any(axis=1).all()
-    with pytest.raises(SystemExit, match="needs planted spans"):
+    with pytest.raises(SystemExit, match="needs repeat_fraction > 0"):
         load_data({"kind": "random", "loss_on": "repeats"}, n_ctx=32, d_vocab=64, seed=0)
     with pytest.raises(SystemExit, match="loss_on must be"):
         load_data(section | {"loss_on": "some"}, n_ctx=32, d_vocab=64, seed=0)
-    # the trainer's logged loss is lm_loss on its first batch with that batch's mask
+    # the trainer's logged loss is next_token_loss on its first batch with that batch's mask
     model, cfg = tiny_gpt(d_vocab=64, n_ctx=32), quiet_cfg(steps=1, batch_size=4)
     index = _window_index(torch.Size(data.train.shape), 4, 32, _step_generator(cfg.seed, 0))
     tokens = torch.as_tensor(data.train.astype(np.int64))[index]
     with torch.no_grad():
-        masked = lm_loss(model(tokens), tokens, torch.as_tensor(data.loss_mask)[index]).item()
-        unmasked = lm_loss(model(tokens), tokens).item()
+        masked = next_token_loss(
+            model(tokens), tokens, torch.as_tensor(data.loss_mask)[index]
+        ).item()
+        unmasked = next_token_loss(model(tokens), tokens).item()
     history = train(model, data.train, None, cfg, loss_mask=data.loss_mask)
     assert history["train_loss"][0] == pytest.approx(masked, abs=1e-5)
     assert abs(masked - unmasked) > 1e-4  # the check could tell the two apart

@@ -188,7 +188,7 @@ def test_loss_is_shifted_along_the_sequence_axis():
     torch.testing.assert_close(loss, seq_shift)
     assert not torch.isclose(loss, batch_shift)
     assert model(toks, return_type=None) is None
-    with pytest.raises(ValueError, match="pos >= 2"):
+    with pytest.raises(ValueError, match="at least 2 positions"):
         next_token_loss(logits[:, :1], toks[:, :1])
 
 

@@ -12,30 +12,45 @@ Shared helpers live here:
   failed assertion) whose message is meant for a student.
 - :func:`compare_tensors` -- shape, finiteness and value comparison with specific messages.
 - :func:`passed` -- the uniform success line.
+- :class:`Mistake` and :func:`diagnose` -- a catalogue of classic wrong answers, each a
+  wrong reference implementation with the message a student who made it sees.
+
+Checks of a concept that the lectures ask for as a function and homework 3 as an
+``nn.Module`` class live once, in :mod:`decoding_gpt.checks.components` (attention, layer
+norm, block, loss) and :mod:`decoding_gpt.checks.markov`; the per-lecture and homework
+modules import them, so a notebook calls ``checks.check_layer_norm(...)`` either way.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["CheckError", "compare_tensors", "passed", "to_numpy"]
+__all__ = ["CheckError", "Mistake", "compare_tensors", "diagnose", "passed", "to_numpy"]
 
 
 class CheckError(AssertionError):
     """A check failed; the message explains what is wrong for the student."""
 
 
-def to_numpy(value: Any, name: str = "value") -> np.ndarray:
+def to_numpy(
+    value: Any, name: str = "value", complex_hint: str = "return a real tensor."
+) -> np.ndarray:
     """Convert a tensor, array, list or number to a float64 NumPy array.
 
     Raises:
-        CheckError: ``value`` is ``None`` (a stub left unfilled) or not numeric.
+        CheckError: ``value`` is ``None`` (a stub left unfilled), complex (converting
+            would silently drop the imaginary part; ``complex_hint`` says what to return
+            instead), or not numeric.
     """
     if value is None:
         raise CheckError(f"{name} is None: did you forget to `return` it?")
+    if isinstance(value, torch.Tensor) and value.is_complex():
+        raise CheckError(f"{name} is complex: {complex_hint}")
     if isinstance(value, torch.Tensor):
         return value.detach().cpu().to(torch.float64).numpy()
     try:
@@ -91,3 +106,46 @@ def compare_tensors(
 def passed(name: str) -> None:
     """Print the uniform success line of a check."""
     print(f"{name}: all checks passed.")
+
+
+@dataclass(frozen=True)
+class Mistake:
+    """A classic wrong answer: ``wrong`` computes what it returns from the reference's
+    inputs, ``message`` tells the student what went wrong and how to fix it.
+
+    ``forms`` names the forms of the exercise in which the mistake can be made
+    (``"function"``: the lectures' plain function; ``"class"``: homework 3's
+    ``nn.Module``); a missing bias, say, is only a mistake where there is a bias.
+    """
+
+    name: str
+    wrong: Callable[..., Any]
+    message: str
+    forms: tuple[str, ...] = ("function", "class")
+
+
+def _same(got: np.ndarray, want: np.ndarray, atol: float) -> bool:
+    """Equal shape and values up to ``atol`` plus a float32-sized relative error (NaN
+    never matches)."""
+    return got.shape == want.shape and bool(np.allclose(got, want, atol=atol, rtol=1e-5))
+
+
+def diagnose(
+    got: Any,
+    want: Any,
+    catalogue: Iterable[Mistake],
+    args: tuple[Any, ...],
+    atol: float,
+    form: str = "function",
+) -> None:
+    """Raise the message of the first mistake of ``catalogue`` whose output on ``args``
+    equals ``got`` (and differs from the right answer ``want``, so a mistake that makes no
+    difference on these inputs is never blamed)."""
+    got_np, want_np = to_numpy(got, "answer"), to_numpy(want, "reference")
+    for mistake in catalogue:
+        if form not in mistake.forms:
+            continue
+        with torch.no_grad():
+            wrong = to_numpy(mistake.wrong(*args), f"mistake {mistake.name}")
+        if _same(got_np, wrong, atol) and not _same(want_np, wrong, atol):
+            raise CheckError(mistake.message)

@@ -1,20 +1,25 @@
 """Checks for homework 1 (Markov chains and tokenisation).
 
-Independent references: brute-force counting loops for the bigram chain, the defining
-equation ``pi M = pi`` for the stationary distribution, and HF ``tokenizers``' BPE trainer
-for the merges. Each check raises :class:`~decoding_gpt.checks.CheckError` naming the
-likely mistake.
+Independent references: brute-force counting loops for the bigram chain and HF
+``tokenizers``' BPE trainer for the merges; the stationary distribution's check is shared
+with lecture 05 (:func:`decoding_gpt.checks.markov.check_stationary_distribution`). Each
+check raises :class:`~decoding_gpt.checks.CheckError` naming the likely mistake.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from decoding_gpt.checks import CheckError, compare_tensors, passed, to_numpy
+from decoding_gpt.checks import CheckError, compare_tensors, passed
+from decoding_gpt.checks.markov import (
+    brute_bigram_counts,
+    check_stationary_distribution,
+    dense_numpy,
+)
 from decoding_gpt.tokenizer import (
     BytePairEncoding,
     bytes_to_unicode,
@@ -40,21 +45,7 @@ BPE_CORPUS = (
 BPE_MERGES = 30
 
 
-def _dense(value: object, name: str) -> np.ndarray:
-    if isinstance(value, torch.Tensor) and value.is_sparse:
-        value = value.to_dense()
-    return to_numpy(value, name)
-
-
 # ------------------------------------------------------------------ 1. the bigram chain
-def _brute_counts(ids: Sequence[int], vocab_size: int) -> np.ndarray:
-    """``c[i, j] = #{t : ids[t] = i, ids[t+1] = j}`` by a plain loop."""
-    counts = np.zeros((vocab_size, vocab_size))
-    for i, j in zip(ids[:-1], ids[1:], strict=True):
-        counts[i, j] += 1
-    return counts
-
-
 def _normalise_rows(counts: np.ndarray) -> np.ndarray:
     """``M[i, j] = c(i, j) / sum_k c(i, k)``, rows without successors left at 0."""
     sums = counts.sum(axis=1, keepdims=True)
@@ -72,8 +63,8 @@ def check_markov_chain(fn: Callable[[list[int], int], torch.Tensor]) -> None:
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 6, (60,), generator=gen).tolist() + [7]  # 6 unused, 7 = dead end
     vocab_size = 8
-    got = _dense(fn(list(ids), vocab_size), "M")
-    counts = _brute_counts(ids, vocab_size)
+    got = dense_numpy(fn(list(ids), vocab_size), "M")
+    counts = brute_bigram_counts(ids, vocab_size)
     want = _normalise_rows(counts)
     if got.shape != want.shape:
         raise CheckError(f"M has shape {got.shape}, expected {want.shape}: one row per state.")
@@ -113,56 +104,6 @@ def check_markov_chain(fn: Callable[[list[int], int], torch.Tensor]) -> None:
         hint="Count every adjacent pair (ids[t], ids[t+1]) for t = 0..n-2 exactly once.",
     )
     passed("check_markov_chain")
-
-
-# ------------------------------------------------------------------ 2. stationary distribution
-def _chain(n: int, seed: int) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    m = torch.rand(n, n, generator=gen, dtype=torch.float64) ** 3  # skewed, far from uniform
-    return m / m.sum(dim=1, keepdim=True)
-
-
-def check_stationary_distribution(fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
-    """``fn(M) -> pi``: ``pi M = pi``, ``pi >= 0``, ``sum(pi) = 1`` for row-stochastic ``M``.
-
-    The reference is the defining equation itself plus power iteration ``pi = e_0 M^500``.
-    """
-    for n, seed in [(4, 0), (7, 1)]:
-        m = _chain(n, seed)
-        result = fn(m.clone())
-        if isinstance(result, torch.Tensor) and result.is_complex():
-            raise CheckError(
-                "pi is complex: torch.linalg.eig returns complex eigenvectors; take `.real`."
-            )
-        pi = to_numpy(result, "pi")
-        if pi.shape != (n,):
-            raise CheckError(f"pi has shape {pi.shape}, expected ({n},): one entry per state.")
-        if np.isnan(pi).any():
-            raise CheckError("pi contains NaN.")
-        if (pi < -1e-9).any():
-            raise CheckError(
-                "pi has negative entries: an eigenvector's sign is arbitrary; dividing by "
-                "pi.sum() (not by its norm) fixes the sign and the scale together."
-            )
-        if not np.isclose(pi.sum(), 1.0, atol=1e-6):
-            raise CheckError(
-                f"pi sums to {pi.sum():.4f}, not 1: eigenvectors come with an arbitrary "
-                "scale (torch.linalg.eig returns unit NORM); divide by pi.sum()."
-            )
-        want = torch.linalg.matrix_power(m, 500)[0].numpy()
-        m_np = m.numpy()
-        if not np.allclose(pi @ m_np, pi, atol=1e-6):
-            if np.allclose(pi, 1.0 / n, atol=1e-6):
-                raise CheckError(
-                    "pi is uniform: that is the RIGHT eigenvector (M 1 = 1 holds for every "
-                    "stochastic M). pi M = pi makes pi a LEFT eigenvector: use eig(M.T)."
-                )
-            raise CheckError(
-                "pi M != pi: pick the eigenvector whose eigenvalue is closest to 1, "
-                "of M.T (a left eigenvector of M)."
-            )
-        compare_tensors(pi, want, "pi", atol=1e-6)
-    passed("check_stationary_distribution")
 
 
 # ------------------------------------------------------------------ 3. BPE merges

@@ -25,8 +25,9 @@ from torch import Tensor, nn
 
 from decoding_gpt.checks import CheckError, compare_tensors, passed, to_numpy
 from decoding_gpt.heads import induction_score, previous_token_score
-from decoding_gpt.lens import hook_name
+from decoding_gpt.hooks import hook_name
 from decoding_gpt.patching import activation_patching, normalized_metric
+from decoding_gpt.transformer import GPT, GPTConfig
 
 __all__ = [
     "check_head_patching",
@@ -301,8 +302,6 @@ def tiny_patching_setup(
 ) -> tuple[nn.Module, Int[Tensor, "batch pos"], Int[Tensor, "batch pos"], Metric]:
     """A seeded 2-layer, 4-head GPT, clean/corrupt tokens differing at one position, and a
     logit-difference metric whose clean and corrupt values are far apart."""
-    from decoding_gpt.transformer import GPT, GPTConfig
-
     torch.manual_seed(seed)
     cfg = GPTConfig(
         d_vocab=24, n_ctx=16, d_model=32, n_layers=2, n_heads=4, d_mlp=64, init_range=0.3

@@ -17,9 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from jaxtyping import Float
 from torch import Tensor
 
 from decoding_gpt.checks import CheckError, compare_tensors, passed
+from decoding_gpt.data.bpe import eos_id
+from decoding_gpt.data.stories import LABEL_NAMES, generate_stories, label_tokens
 
 __all__ = [
     "LABEL_KEYS",
@@ -48,9 +51,6 @@ def _tensor(value: object, name: str) -> Tensor:
 # ------------------------------------------------------------------ 1. collecting activations
 def _padded_batch(stories: list[Any], tokenizer: Any, n_ctx: int, bos: bool = True):
     """Token ids ``[n_docs, length]`` with BOS at 0, right padding, labels aligned to them."""
-    from decoding_gpt.data.bpe import eos_id
-    from decoding_gpt.data.stories import LABEL_NAMES, label_tokens
-
     encoded = [label_tokens(story, tokenizer) for story in stories]
     offset = 1 if bos else 0
     length = min(n_ctx, offset + max(len(e) for e in encoded))
@@ -99,45 +99,78 @@ def check_collect_residuals(
     every real token of every story (truncated to ``n_ctx - 1`` tokens after a BOS),
     documents in order, positions ascending; BOS and padding excluded.
     """
-    from decoding_gpt.data.bpe import eos_id
-    from decoding_gpt.data.stories import LABEL_NAMES, generate_stories
-
     stories = generate_stories(4, seed=0, split="val")  # story 3 is longer than n_ctx
     want = reference_collect_residuals(model, stories, tokenizer, hook_name)
-    got = fn(model, stories, tokenizer, hook_name)
-    if not isinstance(got, dict):
-        raise CheckError(f"return a dict of tensors, got {type(got).__name__}.")
-    missing = [k for k in (*LABEL_KEYS, *LABEL_NAMES) if k not in got]
+    got = _collected_tensors(fn(model, stories, tokenizer, hook_name))
+    _check_row_count(got, want, stories, tokenizer, model.cfg.n_ctx)
+    _check_doc_pos_token(got, want)
+    _check_acts(got, want, stories, tokenizer, model, hook_name)
+    _check_labels(got, want)
+    passed("check_collect_residuals")
+
+
+def _collected_tensors(result: object) -> dict[str, Tensor]:
+    """The result's tensors, one per key, all with as many rows as ``acts``.
+
+    Raises if the result is not a dict, lacks a key, holds a non-tensor, or has columns
+    of different lengths.
+    """
+    if not isinstance(result, dict):
+        raise CheckError(f"return a dict of tensors, got {type(result).__name__}.")
+    missing = [k for k in (*LABEL_KEYS, *LABEL_NAMES) if k not in result]
     if missing:
         raise CheckError(f"the dict lacks the keys {missing}.")
-    got = {k: _tensor(got[k], f"result[{k!r}]") for k in (*LABEL_KEYS, *LABEL_NAMES)}
-    n_docs, n_want = len(stories), len(want["doc"])
+    got = {k: _tensor(result[k], f"result[{k!r}]") for k in (*LABEL_KEYS, *LABEL_NAMES)}
     n_got = len(got["acts"])
     for key in got:
         if len(got[key]) != n_got:
             raise CheckError(f"result[{key!r}] has {len(got[key])} rows but acts has {n_got}.")
+    return got
+
+
+def _check_row_count(
+    got: dict[str, Tensor], want: dict[str, Tensor], stories: list[Any], tokenizer: Any, n_ctx: int
+) -> None:
+    """One row per real token; if not, name the likely mistake (``_row_count_hint``)."""
+    n_docs, n_want, n_got = len(stories), len(want["doc"]), len(got["acts"])
     if n_got != n_want:
-        padded = int(_padded_batch(stories, tokenizer, model.cfg.n_ctx)[0].numel())
-        at_zero = got["token"][got["pos"] == 0]
-        if len(at_zero) and bool((at_zero == eos_id(tokenizer)).all()):
-            hint = "BOS included: drop position 0 of every document (it is not text)."
-        elif len(at_zero):
-            hint = (
-                "story tokens sit at position 0: the model ran without BOS at position 0 "
-                "(prepend <|endoftext|>, then drop position 0)."
-            )
-        elif n_got in (padded, padded - n_docs):
-            hint = "padding included: keep only positions with mask 1."
-        elif n_want - n_docs <= n_got < n_want and int(got["token"][0]) == int(want["token"][1]):
-            hint = (
-                "one real token per document is missing: prepend BOS (<|endoftext|>) before "
-                "the story's tokens, then drop position 0."
-            )
-        elif n_got > n_want:
-            hint = "too many rows: did you skip truncating each story to n_ctx - 1 tokens?"
-        else:
-            hint = "too few rows: keep every real token up to n_ctx - 1 per story."
+        hint = _row_count_hint(got, want, stories, tokenizer, n_ctx)
         raise CheckError(f"{n_got} rows, expected {n_want} for these {n_docs} stories: {hint}")
+
+
+def _row_count_hint(
+    got: dict[str, Tensor], want: dict[str, Tensor], stories: list[Any], tokenizer: Any, n_ctx: int
+) -> str:
+    """Which mistake gives this many rows: BOS kept, BOS missing, padding kept, no truncation.
+
+    Told apart by the rows at position 0 (BOS or story tokens there), by the count of a
+    padded batch with or without the BOS column, and by the first token (which is the
+    reference's second when each document lost its first token).
+    """
+    n_docs, n_want, n_got = len(stories), len(want["doc"]), len(got["acts"])
+    padded = int(_padded_batch(stories, tokenizer, n_ctx)[0].numel())
+    at_zero = got["token"][got["pos"] == 0]
+    if len(at_zero) and bool((at_zero == eos_id(tokenizer)).all()):
+        return "BOS included: drop position 0 of every document (it is not text)."
+    if len(at_zero):
+        return (
+            "story tokens sit at position 0: the model ran without BOS at position 0 "
+            "(prepend <|endoftext|>, then drop position 0)."
+        )
+    if n_got in (padded, padded - n_docs):
+        return "padding included: keep only positions with mask 1."
+    if n_want - n_docs <= n_got < n_want and int(got["token"][0]) == int(want["token"][1]):
+        return (
+            "one real token per document is missing: prepend BOS (<|endoftext|>) before "
+            "the story's tokens, then drop position 0."
+        )
+    if n_got > n_want:
+        return "too many rows: did you skip truncating each story to n_ctx - 1 tokens?"
+    return "too few rows: keep every real token up to n_ctx - 1 per story."
+
+
+def _check_doc_pos_token(got: dict[str, Tensor], want: dict[str, Tensor]) -> None:
+    """Each row's document, position in the padded batch and token id equal the reference."""
     compare_tensors(got["doc"], want["doc"], "doc", hint="Documents are numbered 0, 1, ...")
     compare_tensors(
         got["pos"],
@@ -146,30 +179,73 @@ def check_collect_residuals(
         hint="Positions index the padded batch, BOS at 0: the first story token is at 1.",
     )
     compare_tensors(got["token"], want["token"], "token", hint="Token ids of the stories.")
+
+
+def _check_acts(
+    got: dict[str, Tensor],
+    want: dict[str, Tensor],
+    stories: list[Any],
+    tokenizer: Any,
+    model: Any,
+    hook_name: str,
+) -> None:
+    """``acts`` has the reference's shape and values (``atol = rtol = 1e-4``).
+
+    Wrong values are compared to two likely mistakes (``_acts_mistake``) before the
+    generic message.
+    """
     if got["acts"].shape != want["acts"].shape:
         raise CheckError(
             f"acts has shape {tuple(got['acts'].shape)}, expected {tuple(want['acts'].shape)}."
         )
-    if not torch.allclose(got["acts"].float(), want["acts"], atol=1e-4, rtol=1e-4):
-        if got["acts"].abs().max() == 0:
-            raise CheckError("acts is all zeros: the hook must store the activation it sees.")
-        tokens, _, _ = _padded_batch(stories, tokenizer, model.cfg.n_ctx)
-        no_bos, _, _ = _padded_batch(stories, tokenizer, model.cfg.n_ctx, bos=False)
-        layer = hook_name.split(".")[1]
-        variants = {
-            "the model ran without BOS at position 0 (prepend <|endoftext|>)": _acts_of(
-                model, no_bos, hook_name, want["doc"], want["pos"] - 1
-            ),
-            f"these are blocks.{layer}.hook_resid_pre, not {hook_name}": _acts_of(
-                model, tokens, f"blocks.{layer}.hook_resid_pre", want["doc"], want["pos"]
-            ),
-        }
-        for hint, acts in variants.items():
-            if got["acts"].shape == acts.shape and torch.allclose(
-                got["acts"].float(), acts, atol=1e-4, rtol=1e-4
-            ):
-                raise CheckError(f"acts has wrong values: {hint}.")
-        compare_tensors(got["acts"], want["acts"], "acts", atol=1e-4, rtol=1e-4)
+    if torch.allclose(got["acts"].float(), want["acts"], atol=1e-4, rtol=1e-4):
+        return
+    if got["acts"].abs().max() == 0:
+        raise CheckError("acts is all zeros: the hook must store the activation it sees.")
+    mistake = _acts_mistake(got["acts"], want, stories, tokenizer, model, hook_name)
+    if mistake is not None:
+        raise CheckError(f"acts has wrong values: {mistake}.")
+    compare_tensors(got["acts"], want["acts"], "acts", atol=1e-4, rtol=1e-4)
+
+
+def _acts_mistake(
+    acts: Float[Tensor, "n d_model"],
+    want: dict[str, Tensor],
+    stories: list[Any],
+    tokenizer: Any,
+    model: Any,
+    hook_name: str,
+) -> str | None:
+    """The mistake whose activations equal ``acts``, if it is one of the two we know.
+
+    Recomputed for the reference's rows: the model run without BOS (every token one
+    place left), and the same layer's ``hook_resid_pre`` instead of ``hook_name``.
+    """
+    tokens, _, _ = _padded_batch(stories, tokenizer, model.cfg.n_ctx)
+    no_bos, _, _ = _padded_batch(stories, tokenizer, model.cfg.n_ctx, bos=False)
+    layer = hook_name.split(".")[1]
+    variants = {
+        "the model ran without BOS at position 0 (prepend <|endoftext|>)": _acts_of(
+            model, no_bos, hook_name, want["doc"], want["pos"] - 1
+        ),
+        f"these are blocks.{layer}.hook_resid_pre, not {hook_name}": _acts_of(
+            model, tokens, f"blocks.{layer}.hook_resid_pre", want["doc"], want["pos"]
+        ),
+    }
+    for mistake, variant in variants.items():
+        if acts.shape == variant.shape and torch.allclose(
+            acts.float(), variant, atol=1e-4, rtol=1e-4
+        ):
+            return mistake
+    return None
+
+
+def _check_labels(got: dict[str, Tensor], want: dict[str, Tensor]) -> None:
+    """Every label column equals the reference; labels shifted by one row are named.
+
+    A shift shows as ``label[i] == want[i + 1]`` (or ``want[i - 1]``) for every pair of
+    neighbouring rows inside one document.
+    """
     for name in LABEL_NAMES:
         label = got[name].long()
         if torch.equal(label, want[name]):
@@ -184,7 +260,6 @@ def check_collect_residuals(
                 "with them."
             )
         compare_tensors(label, want[name], f"result[{name!r}]")
-    passed("check_collect_residuals")
 
 
 # ------------------------------------------------------------------ 2. split by document
@@ -248,7 +323,7 @@ def _planted_probe_data(seed: int, n: int = 1600, d: int = 12):
 
 
 def _sklearn_probe(x: Tensor, y: Tensor) -> tuple[np.ndarray, float]:
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.linear_model import LogisticRegression  # lazy: sklearn is slow to import
 
     ref = LogisticRegression(C=10.0, max_iter=2000).fit(x.double().numpy(), y.numpy())
     return ref.coef_[0], float(ref.intercept_[0])
@@ -579,7 +654,7 @@ def check_auroc_per_latent(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
 
     The feature activations are sparse (mostly exact zeros), so ties matter.
     """
-    from sklearn.metrics import roc_auc_score
+    from sklearn.metrics import roc_auc_score  # lazy: sklearn is slow to import
 
     gen = torch.Generator().manual_seed(0)
     n, m = 300, 8

@@ -1,7 +1,7 @@
 """Checks for the exercises of lecture 02 (neurons and networks).
 
 Each ``check_*`` takes the student's function, compares it with the reference in
-:mod:`decoding_gpt.neurons` on seeded inputs, and raises :class:`CheckError` with a
+:mod:`decoding_gpt.foundations.neurons` on seeded inputs, and raises :class:`CheckError` with a
 diagnosis of the likely mistake when it disagrees.
 """
 
@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 
 from decoding_gpt.checks import CheckError, compare_tensors, passed, to_numpy
-from decoding_gpt.neurons import (
+from decoding_gpt.foundations.neurons import (
     LIFParams,
     affine_chain,
     compose_affine,

@@ -1,6 +1,6 @@
 """Checks for the exercises of lecture 03 (autodiff and backprop).
 
-References: :mod:`decoding_gpt.backprop` for the NumPy pieces, PyTorch autograd for the
+References: :mod:`decoding_gpt.foundations.backprop` for the NumPy pieces, PyTorch autograd for the
 gradients of the full network.
 """
 
@@ -11,14 +11,14 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from decoding_gpt.backprop import (
+from decoding_gpt.checks import CheckError, compare_tensors, passed, to_numpy
+from decoding_gpt.foundations.backprop import (
     cross_entropy,
     init_mlp,
     linear_backward,
     loss_and_grads,
     taylor_remainders,
 )
-from decoding_gpt.checks import CheckError, compare_tensors, passed, to_numpy
 
 __all__ = [
     "check_cross_entropy_grad",

@@ -3,19 +3,27 @@
 Each ``check_*`` takes the student's function, compares it on seeded inputs with the
 reference in :mod:`decoding_gpt.ngram` / :mod:`decoding_gpt.tokenizer` (or a brute-force
 loop), and raises :class:`CheckError` naming the likely mistake when it disagrees.
+
+Exercise 1, :func:`check_stationary_distribution`, is shared with homework 1 and lives in
+:mod:`decoding_gpt.checks.markov`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from decoding_gpt.checks import CheckError, compare_tensors, passed, to_numpy
-from decoding_gpt.ngram import row_normalize, stationary_distribution
+from decoding_gpt.checks.markov import (
+    brute_bigram_counts,
+    check_stationary_distribution,
+    dense_numpy,
+)
+from decoding_gpt.ngram import row_normalize
 from decoding_gpt.tokenizer import merge_pair
 
 __all__ = [
@@ -27,89 +35,23 @@ __all__ = [
 ]
 
 
-def _random_chain(n: int, seed: int) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    m = torch.rand(n, n, generator=gen, dtype=torch.float64) ** 3  # skewed: far from uniform
-    return m / m.sum(dim=1, keepdim=True)
-
-
-def _dense(value: object, name: str) -> np.ndarray:
-    if isinstance(value, torch.Tensor) and value.is_sparse:
-        value = value.to_dense()
-    return to_numpy(value, name)
-
-
-# ----------------------------------------------------------------------------- exercise 1
-def check_stationary_distribution(fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
-    """``fn(M) -> pi``: the stationary distribution of a row-stochastic ``M`` (float64)."""
-    for n, seed in [(3, 0), (5, 1), (8, 2)]:
-        m = _random_chain(n, seed)
-        result = fn(m.clone())
-        if isinstance(result, torch.Tensor) and result.is_complex():
-            raise CheckError(
-                "pi is complex: torch.linalg.eig returns complex eigenvectors; the "
-                "stationary one is real, so take `.real` before normalising."
-            )
-        pi = to_numpy(result, "pi")
-        want = stationary_distribution(m).numpy()
-        if pi.shape != want.shape:
-            raise CheckError(f"pi has shape {pi.shape}, expected ({n},): one number per state.")
-        if np.allclose(pi, 1.0 / n, atol=1e-6):
-            raise CheckError(
-                "pi is uniform: that is the RIGHT eigenvector of M (M 1 = 1 for every "
-                "stochastic matrix). pi M = pi makes pi a LEFT eigenvector: use M.T."
-            )
-        total = pi.sum()
-        proportional = abs(total) > 1e-12 and np.allclose(pi / total, want, atol=1e-6)
-        if proportional and abs(total - 1) > 1e-6:
-            raise CheckError(
-                f"pi points the right way but sums to {total:.4g}: eigenvectors have "
-                "arbitrary scale and sign (eig returns unit L2 norm); divide by pi.sum()."
-            )
-        if (pi < -1e-9).any():
-            raise CheckError(
-                f"pi has negative entries ({pi.min():.3g}): probabilities are >= 0. Either "
-                "this is not the eigenvector of M.T with eigenvalue 1 (eig does not sort "
-                "eigenvalues: pick the one closest to 1), or it was not divided by its sum."
-            )
-        compare_tensors(
-            pi,
-            want,
-            f"pi for a {n}-state chain",
-            atol=1e-6,
-            hint="Take the eigenvector of M.T whose eigenvalue is closest to 1 "
-            "(argmin |lambda - 1|), its real part, divided by its sum.",
-        )
-        residual = np.abs(pi @ m.numpy() - pi).max()
-        if residual > 1e-6:  # pragma: no cover - implied by the comparison above
-            raise CheckError(f"pi M differs from pi by {residual:.3g}.")
-    passed("check_stationary_distribution")
-
-
 # ----------------------------------------------------------------------------- exercise 2
-def _brute_counts(ids: Sequence[int], vocab_size: int) -> np.ndarray:
-    counts = np.zeros((vocab_size, vocab_size))
-    for t in range(len(ids) - 1):
-        counts[ids[t], ids[t + 1]] += 1
-    return counts
-
-
 def check_bigram_counts(fn: Callable[[list[int], int], torch.Tensor]) -> None:
     """``fn(ids, V) -> C`` with ``C[i, j]`` = number of times ``j`` directly follows ``i``."""
     gen = torch.Generator().manual_seed(5)
     for n, vocab in [(2, 3), (40, 4), (300, 7)]:
         ids = torch.randint(vocab, (n,), generator=gen).tolist()
-        want = _brute_counts(ids, vocab)
-        got = _dense(fn(list(ids), vocab), "counts")
+        want = brute_bigram_counts(ids, vocab)
+        got = dense_numpy(fn(list(ids), vocab), "counts")
         if got.shape != want.shape:
             raise CheckError(f"counts has shape {got.shape}, expected ({vocab}, {vocab}).")
-        if np.array_equal(got, _brute_counts([*ids, ids[0]], vocab)):
+        if np.array_equal(got, brute_bigram_counts([*ids, ids[0]], vocab)):
             raise CheckError(
                 f"counts sums to {int(got.sum())} = len(ids), but a sequence of n tokens has "
                 "n - 1 bigrams: did you wrap around from the last token to the first?"
             )
-        if np.array_equal(got, _brute_counts(ids[:-1], vocab)) or np.array_equal(
-            got, _brute_counts(ids[1:], vocab)
+        if np.array_equal(got, brute_bigram_counts(ids[:-1], vocab)) or np.array_equal(
+            got, brute_bigram_counts(ids[1:], vocab)
         ):
             raise CheckError(
                 "counts misses one bigram: loop over t in range(len(ids) - 1) so that the "
@@ -131,7 +73,7 @@ def check_row_normalize(fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
         [[2.0, 1.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0], [0.0, 3.0, 3.0, 0.0], [1.0, 0.0, 0.0, 0.0]],
         dtype=torch.float64,
     )
-    got = _dense(fn(counts.clone()), "M")
+    got = dense_numpy(fn(counts.clone()), "M")
     want = row_normalize(counts).numpy()
     if got.shape != want.shape:
         raise CheckError(f"M has shape {got.shape}, expected {want.shape}.")

@@ -1,10 +1,14 @@
 """Checks for the exercises of lecture 06 (attention heads).
 
 Each ``check_*`` runs the student's function on seeded float64 inputs and compares it
-with a reference written here from ``torch.nn.functional.scaled_dot_product_attention``
-(independent of :mod:`decoding_gpt.attention`). Before the final comparison it tries the
-known mistakes -- several are bugs of earlier course materials (an anti-causal mask
-"0 for i <= j", the value term ``x_q V``) -- and names the one that matches.
+with a reference written here (independent of :mod:`decoding_gpt.attention`). Before the
+final comparison it tries the known mistakes -- the anti-causal mask "0 for i <= j" is a
+bug of earlier course materials -- and names the one that matches.
+
+Exercises 2 and 4 (one head, multi-head attention) are shared with homework 3:
+:func:`check_attention_head` and :func:`check_multi_head_attention` live in
+:mod:`decoding_gpt.checks.components`, which accepts the lecture's functions and the
+homework's classes alike.
 """
 
 from __future__ import annotations
@@ -14,12 +18,17 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from decoding_gpt.checks import CheckError, compare_tensors, passed, to_numpy
+from decoding_gpt.checks.components import check_attention_head, check_multi_head_attention
 
-__all__ = ["check_attention_head", "check_causal_mask", "check_circuits", "check_multi_head"]
+__all__ = [
+    "check_attention_head",
+    "check_causal_mask",
+    "check_circuits",
+    "check_multi_head_attention",
+]
 
 Diagnosis = tuple[Tensor, str]  # (what a known mistake would return, what to tell the student)
 
@@ -32,17 +41,10 @@ def _diagnose(got: np.ndarray, mistakes: Sequence[Diagnosis], atol: float = 1e-8
             raise CheckError(message)
 
 
-def _weights(
-    gen: torch.Generator, d_model: int, d_head: int, n_heads: int | None = None
-) -> list[Tensor]:
-    """Seeded ``W_Q, W_K, W_V: [(h,) d_model, d_head]`` and ``W_O: [(h,) d_head, d_model]``."""
-    lead = () if n_heads is None else (n_heads,)
+def _weights(gen: torch.Generator, d_model: int, d_head: int) -> list[Tensor]:
+    """Seeded ``W_Q, W_K, W_V: [d_model, d_head]`` and ``W_O: [d_head, d_model]``."""
     shapes = [(d_model, d_head)] * 3 + [(d_head, d_model)]
-    return [torch.randn(*lead, *s, generator=gen, dtype=torch.float64) for s in shapes]
-
-
-def _attend(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, scale: float | None = None):
-    return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+    return [torch.randn(*s, generator=gen, dtype=torch.float64) for s in shapes]
 
 
 # ----------------------------------------------------------------------------- exercise 1
@@ -99,74 +101,6 @@ def check_causal_mask(fn: Callable[[int], Tensor]) -> None:
     passed("check_causal_mask")
 
 
-# ----------------------------------------------------------------------------- exercise 2
-def check_attention_head(
-    fn: Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor],
-) -> None:
-    """``fn(x, W_Q, W_K, W_V, W_O) -> out``: one causal head on ``x: [pos, d_model]``.
-
-    ``out = softmax(x W_Q (x W_K)^T / sqrt(d_head) + M) x W_V W_O``, shape ``[pos, d_model]``.
-    """
-    gen = torch.Generator().manual_seed(6)
-    d_model, d_head, n = 12, 3, 6
-    x = torch.randn(n, d_model, generator=gen, dtype=torch.float64)
-    W_Q, W_K, W_V, W_O = _weights(gen, d_model, d_head)
-    W_Q, W_K = 0.6 * W_Q, 0.6 * W_K  # scores of order 1-5: the softmax is far from uniform
-    q, k, v = x @ W_Q, x @ W_K, x @ W_V
-    want = _attend(q, k, v) @ W_O
-    got = to_numpy(fn(x.clone(), W_Q.clone(), W_K.clone(), W_V.clone(), W_O.clone()), "out")
-    if got.shape != tuple(want.shape):
-        raise CheckError(
-            f"out has shape {got.shape}, expected {tuple(want.shape)} = [pos, d_model]: "
-            "pattern [pos, pos] @ values [pos, d_head] @ W_O [d_head, d_model]."
-        )
-    causal = torch.ones(n, n).tril().bool()
-    raw = q @ k.T / math.sqrt(d_head)
-    _diagnose(
-        got,
-        [
-            (
-                v @ W_O,
-                "out[i] = x_i W_V W_O: the value term uses the QUERY position (x_q V). Each "
-                "row of the pattern sums to 1, so this ignores every other position and moves "
-                "no information. Values come from the KEY positions: pattern @ (x @ W_V).",
-            ),
-            (
-                _attend(q, k, v, causal=False) @ W_O,
-                "out matches attention WITHOUT the causal mask: position i reads later "
-                "positions. Add M (0 for j <= i, -inf for j > i) to the scores before softmax.",
-            ),
-            (
-                _attend(q, k, v, scale=1.0) @ W_O,
-                "the scores are not scaled: divide q k^T by sqrt(d_head) before the softmax.",
-            ),
-            (
-                _attend(q, k, v, scale=1 / math.sqrt(d_model)) @ W_O,
-                "the scores are divided by sqrt(d_model); the scale is sqrt(d_head), the "
-                "dimension of q and k.",
-            ),
-            (
-                raw.masked_fill(~causal, -math.inf).softmax(dim=-2).nan_to_num() @ v @ W_O,
-                "the softmax runs over the query axis (dim=-2): each ROW (one query, all "
-                "keys) must sum to 1, so use softmax(dim=-1).",
-            ),
-            (
-                (raw.softmax(dim=-1) * causal) @ v @ W_O,
-                "the mask is applied AFTER the softmax (zeroing future weights): the rows no "
-                "longer sum to 1. Add -inf to the scores BEFORE the softmax instead.",
-            ),
-        ],
-    )
-    compare_tensors(
-        got,
-        want,
-        "out",
-        atol=1e-8,
-        hint="out = softmax(q k^T / sqrt(d_head) + M) v W_O with q, k, v = x W_Q, x W_K, x W_V.",
-    )
-    passed("check_attention_head")
-
-
 # ----------------------------------------------------------------------------- exercise 3
 def check_circuits(fn: Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]) -> None:
     """``fn(W_Q, W_K, W_V, W_O) -> (W_QK, W_OV)``, both ``[d_model, d_model]``.
@@ -220,62 +154,3 @@ def check_circuits(fn: Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, 
     compare_tensors(qk, want_qk, "W_QK", atol=1e-10, hint="W_QK = W_Q @ W_K.T.")
     compare_tensors(ov, want_ov, "W_OV", atol=1e-10, hint="W_OV = W_V @ W_O.")
     passed("check_circuits")
-
-
-# ----------------------------------------------------------------------------- exercise 4
-def check_multi_head(fn: Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]) -> None:
-    """``fn(x, W_Q, W_K, W_V, W_O) -> out`` for ``x: [batch, pos, d_model]``.
-
-    Per-head weights ``W_Q, W_K, W_V: [n_heads, d_model, d_head]``, ``W_O: [n_heads,
-    d_head, d_model]`` (no biases); ``out = sum_h head_h(x)``, i.e. the concatenated head
-    outputs ``z`` times the stacked ``W_O``.
-    """
-    gen = torch.Generator().manual_seed(8)
-    batch, n, d_model, n_heads, d_head = 2, 5, 12, 3, 4  # h * d_head = d_model
-    x = torch.randn(batch, n, d_model, generator=gen, dtype=torch.float64)
-    W_Q, W_K, W_V, W_O = _weights(gen, d_model, d_head, n_heads)
-    W_Q, W_K = 0.5 * W_Q, 0.5 * W_K
-    q, k, v = (torch.einsum("bpm,hmd->bhpd", x, W) for W in (W_Q, W_K, W_V))
-    z = _attend(q, k, v)  # [batch, head, pos, d_head]
-    per_head = torch.einsum("bhpd,hdm->bhpm", z, W_O)  # each head's output
-    want = per_head.sum(1)
-    args = [t.clone() for t in (x, W_Q, W_K, W_V, W_O)]
-    got = to_numpy(fn(*args), "out")
-    if got.shape != tuple(want.shape):
-        raise CheckError(
-            f"out has shape {got.shape}, expected {tuple(want.shape)} = [batch, pos, "
-            "d_model]: the heads' outputs are summed, not stacked."
-        )
-    _diagnose(
-        got,
-        [
-            (
-                per_head.mean(1),
-                "out is the MEAN of the heads' outputs: multi-head attention SUMS them "
-                "(the same as concatenating z and multiplying by the stacked W_O).",
-            ),
-            (
-                per_head[:, 0],
-                "out equals head 0 alone: loop over (or broadcast across) all n_heads heads "
-                "and sum their outputs.",
-            ),
-            (
-                torch.einsum("bhpd,hdm->bpm", _attend(q, k, v, causal=False), W_O),
-                "out matches attention without the causal mask: each head must mask j > i.",
-            ),
-            (
-                torch.einsum("bhpd,hdm->bpm", _attend(q, k, v, scale=d_model**-0.5), W_O),
-                "the scores are divided by sqrt(d_model); each head scales by sqrt(d_head).",
-            ),
-            (
-                z.reshape(batch, n, n_heads * d_head) @ W_O.reshape(n_heads * d_head, d_model),
-                "z [batch, head, pos, d_head] was reshaped to [batch, pos, head * d_head] "
-                "without moving the head axis: transpose(1, 2) before flattening, or the "
-                "positions get mixed up.",
-            ),
-        ],
-    )
-    compare_tensors(
-        got, want, "out", atol=1e-8, hint="out = sum over h of softmax(...)_h (x W_V[h]) W_O[h]."
-    )
-    passed("check_multi_head")

@@ -9,7 +9,7 @@ Submodules:
 * :mod:`~decoding_gpt.data.labels`: character labels -> per-token labels;
 * :mod:`~decoding_gpt.data.bpe`: the shipped tokenizers (``get_tokenizer``);
 * :mod:`~decoding_gpt.data.packing`: ``pack``, ``load_token_array``, ``as_dataset``;
-* :mod:`~decoding_gpt.data.build`: rebuilds the shipped tokenizers.
+* :mod:`~decoding_gpt.tools.build_data`: rebuilds the shipped tokenizers.
 """
 
 from decoding_gpt.data.bpe import eos_id, get_tokenizer

@@ -14,7 +14,7 @@ while merges are learnt; the saved tokenizer then puts a ``Split`` on
 same way at encoding time.
 
 The files live in ``decoding_gpt/data/tokenizers/{stories,code}.json`` and are rebuilt by
-``python -m decoding_gpt.data.build``.
+``python -m decoding_gpt.tools.build_data``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Literal
 
 from tokenizers import Regex, Tokenizer, pre_tokenizers
 
-from decoding_gpt.tokenizer import END_OF_TEXT
+from decoding_gpt.tokenizer import END_OF_TEXT, load_hf_tokenizer
 
 Corpus = Literal["stories", "code"]
 CORPORA: tuple[str, ...] = ("stories", "code")
@@ -66,12 +66,9 @@ def get_tokenizer(corpus: Corpus) -> Tokenizer:
     path = tokenizer_path(corpus)
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path} is missing; rebuild it with `python -m decoding_gpt.data.build`"
+            f"{path} is missing; rebuild it with `python -m decoding_gpt.tools.build_data`"
         )
-    try:
-        return Tokenizer.from_file(str(path))
-    except Exception as err:  # tokenizers raises a bare Exception on bad JSON
-        raise ValueError(f"{path} is not a valid tokenizer file: {err}") from err
+    return load_hf_tokenizer(path)
 
 
 def eos_id(tokenizer: Tokenizer) -> int:

@@ -13,6 +13,7 @@ the code corpus, the Python version whose standard library was read.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 import sys
 import tempfile
@@ -25,6 +26,8 @@ from jaxtyping import UInt16
 
 from decoding_gpt.data.bpe import eos_id, get_tokenizer, tokenizer_path
 from decoding_gpt.data.labels import TokenLabels, align_char_labels
+from decoding_gpt.data.stdlib_corpus import code_char_labels, stdlib_documents
+from decoding_gpt.data.stories import GENERATOR_VERSION, generate_stories, generate_story
 
 if TYPE_CHECKING:
     import datasets
@@ -62,8 +65,6 @@ def _file_hash(path: Path) -> str:
 
 
 def _cache_path(corpus: str, split: str, n_tokens: int | None, seed: int) -> Path:
-    from decoding_gpt.data.stories import GENERATOR_VERSION
-
     tok = _file_hash(tokenizer_path(corpus))
     if corpus == "stories":
         tag = f"gen{GENERATOR_VERSION}"
@@ -75,8 +76,6 @@ def _cache_path(corpus: str, split: str, n_tokens: int | None, seed: int) -> Pat
 
 def _encode_story_range(args: tuple[int, int, int, str]) -> np.ndarray:
     """Packed ids of stories ``start .. start + count - 1`` (runs in a worker process)."""
-    from decoding_gpt.data.stories import generate_story
-
     start, count, seed, split = args
     tok = get_tokenizer("stories")
     texts = [generate_story(i, seed, split).text for i in range(start, start + count)]  # type: ignore[arg-type]
@@ -85,8 +84,6 @@ def _encode_story_range(args: tuple[int, int, int, str]) -> np.ndarray:
 
 def _worker_pool(workers: int):
     """A process pool: fork on Linux (cheap, no re-import of torch), spawn elsewhere."""
-    import multiprocessing
-
     method = "fork" if sys.platform == "linux" else "spawn"
     # Each worker is single-threaded; the variable also silences tokenizers' fork warning.
     previous = os.environ.get("TOKENIZERS_PARALLELISM")
@@ -133,8 +130,6 @@ def _story_tokens(split: str, n_tokens: int, seed: int) -> np.ndarray:
 
 def _code_tokens(split: str, seed: int) -> np.ndarray:
     """All documents of the split in a ``seed``-shuffled order, packed."""
-    from decoding_gpt.data.stdlib_corpus import stdlib_documents
-
     tok = get_tokenizer("code")
     docs = stdlib_documents(split)
     order = np.random.default_rng(seed).permutation(len(docs))
@@ -203,10 +198,7 @@ def as_dataset(
     ``n_docs`` defaults to 1,000 stories, or every code document of the split (in path
     order); ``seed`` picks the stories corpus and is not used for code.
     """
-    import datasets
-
-    from decoding_gpt.data.stdlib_corpus import code_char_labels, stdlib_documents
-    from decoding_gpt.data.stories import generate_stories
+    import datasets  # lazy: slow to import, and only this function needs it
 
     tok = get_tokenizer(corpus) if with_labels else None
     rows: dict[str, list] = {"text": []}

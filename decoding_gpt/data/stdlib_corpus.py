@@ -96,7 +96,7 @@ def _all_documents() -> tuple[SourceDoc, ...]:
         rel = file.relative_to(root)
         if _keep(rel) and (text := _read_source(file)) is not None:
             docs.append(SourceDoc(rel.as_posix(), text))
-    from pydoc_data.topics import topics
+    from pydoc_data.topics import topics  # lazy: a large module, read once
 
     docs.extend(SourceDoc(f"pydoc_data/topics/{key}", topics[key]) for key in sorted(topics))
     return tuple(docs)

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -543,16 +542,6 @@ def generate_stories(
 ) -> list[Story]:
     """Stories ``start, ..., start + n - 1`` of the corpus ``(seed, split)``."""
     return [generate_story(i, seed, split, config) for i in range(start, start + n)]
-
-
-def iter_story_texts(
-    seed: int = 0, split: Split = "train", start: int = 0, config: StoryConfig = DEFAULT_CONFIG
-) -> Iterator[str]:
-    """An endless stream of story texts (no labels kept)."""
-    index = start
-    while True:
-        yield generate_story(index, seed, split, config).text
-        index += 1
 
 
 def label_tokens(story: Story, tokenizer: Tokenizer) -> TokenLabels:

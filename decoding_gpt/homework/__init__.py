@@ -11,7 +11,7 @@ source of truth. It uses nbgrader's markers, so the same notebook works with nbg
 - graded cells carry nbgrader metadata ``{"nbgrader": {"grade": true, "grade_id": ...,
   "points": ...}}``: a graded cell that runs without an exception earns its points.
 
-Commands (``python -m decoding_gpt.homework --help``):
+Commands (``python -m decoding_gpt.tools.homework --help``):
 
 - ``make-student [--check] [SOLUTION ...]`` writes ``student.ipynb`` beside each solution;
   ``--check`` fails if a committed student notebook is out of date (CI runs it);

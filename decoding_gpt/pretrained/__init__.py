@@ -6,6 +6,7 @@ Every notebook runs on shipped models by default, offline::
     pretrained.list_models()                  # names of the shipped models
     model = pretrained.load("attn-only-2l")   # a TransformerLens TransformerBridge
     gpt = pretrained.load_native("attn-only-2l")  # the same weights in our GPT
+    steps, models = pretrained.load_snapshots("modadd-1l")  # weights across a training run
 
 Each shipped model is a checkpoint folder under ``pretrained/models/<name>/``
 (``model.safetensors``, ``config.json``, ``metrics.json``, ``card.md``); ``registry.json``
@@ -21,6 +22,7 @@ from decoding_gpt.pretrained.registry import (
     list_models,
     load,
     load_native,
+    load_snapshots,
     load_tokenizer,
     model_dir,
     model_info,
@@ -34,6 +36,7 @@ __all__ = [
     "list_models",
     "load",
     "load_native",
+    "load_snapshots",
     "load_tokenizer",
     "model_dir",
     "model_info",

@@ -13,7 +13,13 @@ from urllib.parse import urlparse
 
 import torch
 
+from decoding_gpt import checkpoint
 from decoding_gpt.checkpoint import file_sha256, load_checkpoint
+from decoding_gpt.convert import to_transformer_lens
+from decoding_gpt.data import get_tokenizer
+from decoding_gpt.device import get_device
+from decoding_gpt.tokenizer import as_pretrained_tokenizer_fast
+from decoding_gpt.transformer import GPT
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 MODELS_DIR = PACKAGE_DIR / "models"
@@ -92,11 +98,21 @@ def verify(name: str) -> None:
 
 def load_native(name: str, device: str | torch.device | None = None):
     """A shipped model as our own :class:`decoding_gpt.transformer.GPT` (eval mode)."""
-    from decoding_gpt.device import get_device
-
     verify(name)
     model, _, _ = load_checkpoint(MODELS_DIR / name, device=device or get_device())
     return model
+
+
+def load_snapshots(name: str, device: str | torch.device = "cpu") -> tuple[list[int], list[GPT]]:
+    """A shipped model's training snapshots as ``(steps, models)``, in step order.
+
+    Only models that ship ``snapshots.safetensors`` have them (``modadd-1l``: its weights
+    across the grokking run). The file is checked against the registry's sha256 first.
+    """
+    verify(name)
+    if checkpoint.SNAPSHOTS_FILE not in model_info(name).files:
+        raise PretrainedError(f"{name!r} ships no training snapshots")
+    return checkpoint.load_snapshots(model_dir(name), device)
 
 
 def load_tokenizer(name: str):
@@ -104,9 +120,6 @@ def load_tokenizer(name: str):
     info = model_info(name)
     if info.tokenizer is None:
         return None
-    from decoding_gpt.data import get_tokenizer
-    from decoding_gpt.tokenizer import as_pretrained_tokenizer_fast
-
     return as_pretrained_tokenizer_fast(get_tokenizer(info.tokenizer))
 
 
@@ -119,14 +132,12 @@ def load(name: str, device: str | torch.device | None = None):
     the hub, which fails fast with :class:`HubUnavailableError` when offline.
     """
     if name in _registry():
-        from decoding_gpt.convert import to_transformer_lens
-
         return to_transformer_lens(load_native(name, device), tokenizer=load_tokenizer(name))
     return _load_from_hub(name, device)
 
 
 def _hub_endpoint() -> tuple[str, int]:
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # lazy: only hub requests need it
 
     url = urlparse(constants.ENDPOINT)
     return url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
@@ -153,7 +164,7 @@ def _check_hub_reachable(name: str) -> None:
 
 
 def _load_from_hub(name: str, device: str | torch.device | None):
-    from transformer_lens.supported_models import get_official_model_name
+    from transformer_lens.supported_models import get_official_model_name  # lazy: heavy
 
     try:
         official = get_official_model_name(name)
@@ -164,49 +175,6 @@ def _load_from_hub(name: str, device: str | torch.device | None):
             "TransformerLens model name (e.g. 'gpt2-small', 'pythia-70m')"
         ) from None
     _check_hub_reachable(name)
-    from transformer_lens.model_bridge import TransformerBridge
-
-    from decoding_gpt.device import get_device
+    from transformer_lens.model_bridge import TransformerBridge  # lazy: heavy, hub path only
 
     return TransformerBridge.boot_transformers(official, device=device or get_device())
-
-
-SHIPPED_FILES = ("model.safetensors", "config.json", "metrics.json")
-
-
-def register(
-    name: str,
-    checkpoint: str | os.PathLike,
-    *,
-    description: str,
-    lecture: str,
-    tokenizer: str | None,
-    metrics: dict[str, Any],
-    card: str,
-    extra_files: tuple[str, ...] = (),
-) -> ModelInfo:
-    """Maintainer tool: copy a trained checkpoint into the package and record its hashes.
-
-    ``metrics`` are the measured headline numbers (also written to the model card);
-    ``card`` is the model card's Markdown text; ``extra_files`` are further files of the
-    checkpoint folder to ship (e.g. training snapshots), hashed like the others.
-    """
-    import shutil
-
-    source, target = Path(checkpoint), MODELS_DIR / name
-    target.mkdir(parents=True, exist_ok=True)
-    shipped = SHIPPED_FILES + tuple(extra_files)
-    for file_name in shipped:
-        shutil.copy2(source / file_name, target / file_name)
-    (target / "card.md").write_text(card)
-    files = {file_name: file_sha256(target / file_name) for file_name in shipped}
-    entries = json.loads(REGISTRY_FILE.read_text()) if REGISTRY_FILE.exists() else {}
-    entries[name] = {
-        "description": description,
-        "lecture": lecture,
-        "tokenizer": tokenizer,
-        "files": files,
-        "metrics": metrics,
-    }
-    REGISTRY_FILE.write_text(json.dumps(entries, indent=2) + "\n")
-    return model_info(name)

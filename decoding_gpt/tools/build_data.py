@@ -1,4 +1,4 @@
-"""Rebuild the shipped tokenizers: ``python -m decoding_gpt.data.build [--out DIR]``.
+"""Rebuild the shipped tokenizers: ``python -m decoding_gpt.tools.build_data [--out DIR]``.
 
 The build is deterministic: the stories tokenizer is trained on the first
 :data:`N_STORY_DOCS` stories of ``(seed=0, split="train")`` and the code tokenizer on the
@@ -30,6 +30,15 @@ from decoding_gpt.data.bpe import (
     digit_pair_pre_tokenizer,
     mark_digit_pairs,
 )
+from decoding_gpt.data.stdlib_corpus import stdlib_documents
+from decoding_gpt.data.stories import (
+    CENTURIES,
+    IOI_OBJECTS,
+    KEY_OBJECTS,
+    PLACES,
+    generate_stories,
+)
+from decoding_gpt.data.world import CHARACTERS, COLORS, PETS, RIVERS, TOWNS
 from decoding_gpt.tokenizer import train_hf_bpe
 
 N_STORY_DOCS = 3000
@@ -38,12 +47,8 @@ N_STORY_DOCS = 3000
 def training_texts(corpus: str) -> list[str]:
     """The exact texts (digit pairs marked) the tokenizer of ``corpus`` is trained on."""
     if corpus == "stories":
-        from decoding_gpt.data.stories import generate_stories
-
         return [mark_digit_pairs(s.text) for s in generate_stories(N_STORY_DOCS, seed=0)]
     if corpus == "code":
-        from decoding_gpt.data.stdlib_corpus import stdlib_documents
-
         return [mark_digit_pairs(d.text) for d in stdlib_documents("train")]
     raise ValueError(f"corpus must be one of {CORPORA}, got {corpus!r}")
 
@@ -77,9 +82,6 @@ def check_tokenizer(tok: Tokenizer, corpus: str) -> list[str]:
     if pieces != ["Ġ17", "32"]:
         problems.append(f"' 1732' pre-tokenizes to {pieces}")
     if corpus == "stories":
-        from decoding_gpt.data.stories import CENTURIES, IOI_OBJECTS, KEY_OBJECTS, PLACES
-        from decoding_gpt.data.world import CHARACTERS, COLORS, PETS, RIVERS, TOWNS
-
         if bad := single_token_words(tok, [f" {c}" for c in CENTURIES]):
             problems.append(f"not single tokens: {bad}")
         words = [c.name for c in CHARACTERS] + list(TOWNS + PETS + COLORS + RIVERS)

@@ -1,4 +1,4 @@
-"""Command line: ``python -m decoding_gpt.homework {make-student,grade} ...``."""
+"""Command line: ``python -m decoding_gpt.tools.homework {make-student,grade} ...``."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ def _make_student(args: argparse.Namespace) -> int:
         verb = "out of date" if args.check else "wrote"
         print(f"{verb}: {path}")
     if args.check and changed:
-        print("run `python -m decoding_gpt.homework make-student` and commit", file=sys.stderr)
+        hint = "run `python -m decoding_gpt.tools.homework make-student` and commit"
+        print(hint, file=sys.stderr)
         return 1
     print(f"{len(paths)} solution notebook(s) checked, {len(changed)} student notebook(s) changed")
     return 0
@@ -49,7 +50,7 @@ def _grade(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m decoding_gpt.homework")
+    parser = argparse.ArgumentParser(prog="python -m decoding_gpt.tools.homework")
     commands = parser.add_subparsers(dest="command", required=True)
 
     make = commands.add_parser("make-student", help="write student.ipynb beside each solution")

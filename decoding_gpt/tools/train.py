@@ -2,10 +2,10 @@
 
 Usage::
 
-    python -m decoding_gpt.train configs/tiny-smoke.toml
-    python -m decoding_gpt.train CONFIG.toml --set train.steps=20 --set model.n_layers=1 --out DIR
-    python -m decoding_gpt.train CONFIG.toml --resume        # continue from DIR's checkpoint
-    torchrun --standalone --nproc_per_node=2 -m decoding_gpt.train CONFIG.toml   # DDP
+    python -m decoding_gpt.tools.train configs/tiny-smoke.toml
+    python -m decoding_gpt.tools.train CONFIG.toml --set train.steps=20 --out DIR
+    python -m decoding_gpt.tools.train CONFIG.toml --resume        # continue from DIR's checkpoint
+    torchrun --standalone --nproc_per_node=2 -m decoding_gpt.tools.train CONFIG.toml   # DDP
 
 The config has three tables:
 
@@ -17,22 +17,20 @@ The config has three tables:
     - ``corpus = "NAME"``: ``decoding_gpt.data.load_token_array(NAME, "train"/"val")``
       (optionally cut to ``n_tokens`` / ``val_n_tokens``); with ``repeat_fraction > 0``
       the training stream is cut into ``n_ctx``-token rows and that fraction of the
-      rows gets a random span written twice at a random offset (``mix_repeated_rows``):
-      copying it is what induction heads do, and such rows make those heads form much
-      sooner. The validation split stays pure corpus;
+      rows gets a random span written twice at a random offset
+      (``decoding_gpt.data.synthetic.plant_repeated_spans``): copying it is what induction
+      heads do, and such rows make those heads form much sooner. The validation split
+      stays pure corpus;
     - ``path = "train.npy"`` (and optionally ``val_path``; otherwise the last
       ``val_fraction`` of the stream is held out): raw integer arrays, loaded with
       ``allow_pickle=False``; relative paths are read from the config file's folder;
-    - ``kind = "random"``: uniform random tokens, ``n_seqs`` sequences of ``n_ctx``
-      tokens; a ``repeat_fraction`` of them are a random span written twice (the
-      second copy is predictable by copying, which is what induction heads learn).
-      ``repeat_layout = "half"`` (default) repeats the first half of the row;
-      ``"spans"`` plants spans of random length at random offsets, as for a corpus,
-      so that no fixed-distance head can stand in for induction.
+    - ``kind = "random"``: uniform random tokens, ``n_seqs`` rows of ``n_ctx`` tokens; a
+      ``repeat_fraction`` of the rows get a repeated span planted as for a corpus (the
+      second copy is predictable only by copying, which is what induction heads learn).
 
-    With planted spans, ``min_span`` (default 8) is the shortest span, and
-    ``loss_on = "repeats"`` makes only the predictable part of each second copy a
-    training target (``lm_loss``'s mask); the default ``loss_on = "all"`` trains on
+    ``min_span`` (default 8) is the shortest planted span, and ``loss_on = "repeats"``
+    makes only the predictable part of each second copy a training target (the mask of
+    ``decoding_gpt.transformer.next_token_loss``); the default ``loss_on = "all"`` trains on
     every token.
 ``[train]``
     ``decoding_gpt.training.TrainConfig`` fields. ``init_from = "DIR"`` starts from the
@@ -56,8 +54,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from decoding_gpt.checkpoint import CheckpointError, load_checkpoint
+from decoding_gpt.data import load_token_array
+from decoding_gpt.data.synthetic import plant_repeated_spans, random_tokens
 from decoding_gpt.device import set_seed
 from decoding_gpt.training import TrainConfig, init_distributed, train
+from decoding_gpt.transformer import GPT, GPTConfig
 
 SECTIONS = ("model", "data", "train")
 
@@ -104,68 +106,6 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> dict[st
 # --------------------------------------------------------------------------- data
 
 
-def synthetic_tokens(
-    n_seqs: int, seq_len: int, d_vocab: int, repeat_fraction: float, seed: int
-) -> np.ndarray:
-    """Random token sequences ``[n_seqs, seq_len]``; a fraction repeat their first half.
-
-    A repeated sequence is ``s s`` for a random span ``s`` of ``seq_len // 2`` tokens
-    (then padded with one random token if ``seq_len`` is odd).
-    """
-    if not 0.0 <= repeat_fraction <= 1.0:
-        raise ValueError(f"repeat_fraction must be in [0, 1], got {repeat_fraction}")
-    rng = np.random.default_rng(seed)
-    dtype = np.uint16 if d_vocab <= 2**16 else np.int64
-    tokens = rng.integers(0, d_vocab, size=(n_seqs, seq_len)).astype(dtype)
-    half = seq_len // 2
-    repeated = rng.random(n_seqs) < repeat_fraction
-    tokens[repeated, half : 2 * half] = tokens[repeated, :half]
-    return tokens
-
-
-def mix_repeated_rows(
-    stream: np.ndarray,
-    n_ctx: int,
-    d_vocab: int,
-    repeat_fraction: float,
-    seed: int,
-    *,
-    min_span: int = 8,
-    return_mask: bool = False,
-) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-    """Cut a token stream into rows ``[n_rows, n_ctx]`` and plant a repeated span in some.
-
-    In a ``repeat_fraction`` of the rows, a random span ``s`` (uniform tokens, length
-    ``L`` uniform in ``[min_span, n_ctx // 2]``) is written twice in a row, ``s s``, at a
-    uniform offset; the rest of the row stays corpus text. Only copying predicts the
-    second ``s``, and because ``L`` and the offset vary, only a real induction mechanism
-    (attend to the token after the previous occurrence of the current token) does it;
-    with a fixed layout a head could instead learn to attend a fixed distance back.
-    Rows are chosen by a seeded generator, so the mixture is reproducible.
-
-    With ``return_mask`` also returns a boolean ``[n_rows, n_ctx]`` mask of the tokens
-    copying predicts: the second copy without its first token (which nothing predicts).
-    """
-    if not 0.0 <= repeat_fraction <= 1.0:
-        raise ValueError(f"repeat_fraction must be in [0, 1], got {repeat_fraction}")
-    n_rows = len(stream) // n_ctx
-    if n_rows == 0:
-        raise ValueError(f"a stream of {len(stream)} tokens holds no row of n_ctx={n_ctx}")
-    if not 2 <= min_span <= n_ctx // 2:
-        raise ValueError(f"need 2 <= min_span <= n_ctx // 2 = {n_ctx // 2}, got {min_span}")
-    rows = np.array(stream[: n_rows * n_ctx]).reshape(n_rows, n_ctx)
-    mask = np.zeros(rows.shape, dtype=bool)
-    rng = np.random.default_rng(seed)
-    for row in np.flatnonzero(rng.random(n_rows) < repeat_fraction):
-        span = int(rng.integers(min_span, n_ctx // 2 + 1))
-        start = int(rng.integers(0, n_ctx - 2 * span + 1))
-        s = rng.integers(0, d_vocab, size=span)
-        rows[row, start : start + span] = s
-        rows[row, start + span : start + 2 * span] = s
-        mask[row, start + span + 1 : start + 2 * span] = True
-    return (rows, mask) if return_mask else rows
-
-
 def _resolve_path(value: str, base: Path) -> Path:
     path = Path(value)
     if not path.is_absolute() and (base / path).exists():
@@ -202,8 +142,6 @@ def load_data(
     if loss_on not in ("all", "repeats"):
         raise SystemExit(f"[data]: loss_on must be 'all' or 'repeats', got {loss_on!r}")
     if "corpus" in section:
-        from decoding_gpt.data import load_token_array  # lazy: only runs that use a corpus
-
         name = section["corpus"]
         n_train, n_val = section.get("n_tokens"), section.get("val_n_tokens")
         val_arr = load_token_array(name, "val", n_tokens=n_val)
@@ -216,8 +154,6 @@ def load_data(
         seed_ = int(section.get("seed", seed))
         rows, mask = _plant_spans(train_arr, section, n_ctx, d_vocab, frac, seed_)
         return RunData(rows, val_arr, mask if loss_on == "repeats" else None)
-    if loss_on == "repeats" and section.get("repeat_layout") != "spans":
-        raise SystemExit("[data]: loss_on = 'repeats' needs planted spans (repeat_layout)")
     if "path" in section:
         train_arr = _load_npy(_resolve_path(section["path"], base))
         if "val_path" in section:
@@ -233,12 +169,10 @@ def load_data(
 def _plant_spans(
     stream: np.ndarray, section: dict[str, Any], n_ctx: int, d_vocab: int, frac: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``mix_repeated_rows`` with the config's ``min_span`` (default 8)."""
+    """``plant_repeated_spans`` with the config's ``min_span`` (default 8)."""
     min_span = int(section.get("min_span", 8))
     try:
-        return mix_repeated_rows(
-            stream, n_ctx, d_vocab, frac, seed, min_span=min_span, return_mask=True
-        )
+        return plant_repeated_spans(stream, n_ctx, d_vocab, frac, seed, min_span=min_span)
     except ValueError as err:
         raise SystemExit(f"[data]: {err}") from err
 
@@ -246,7 +180,7 @@ def _plant_spans(
 def _random_data(
     section: dict[str, Any], n_ctx: int, d_vocab: int, seed: int, loss_on: str
 ) -> RunData:
-    """``kind = "random"``: uniform tokens, some rows holding a repeated span."""
+    """``kind = "random"``: uniform tokens, a fraction of the rows holding a repeated span."""
     kind = section.get("kind", "random")
     if kind != "random":
         raise SystemExit(f"[data]: give corpus=..., path=..., or kind='random' (got kind={kind!r})")
@@ -254,17 +188,11 @@ def _random_data(
     vocab = int(section.get("vocab", d_vocab))
     frac = float(section.get("repeat_fraction", 0.0))
     data_seed = int(section.get("seed", seed))
-    layout = section.get("repeat_layout", "half")
-    if layout == "half":
-        train = synthetic_tokens(n_seqs, n_ctx, vocab, frac, data_seed)
-        return RunData(
-            train, synthetic_tokens(max(1, n_seqs // 8), n_ctx, vocab, frac, data_seed + 1)
-        )
-    if layout != "spans":
-        raise SystemExit(f"[data]: repeat_layout must be 'half' or 'spans', got {layout!r}")
+    if loss_on == "repeats" and frac == 0:
+        raise SystemExit("[data]: loss_on = 'repeats' needs repeat_fraction > 0")
 
     def make(n: int, seed_: int) -> tuple[np.ndarray, np.ndarray]:
-        noise = synthetic_tokens(n, n_ctx, vocab, 0.0, seed_).reshape(-1)
+        noise = random_tokens(n, n_ctx, vocab, seed_).reshape(-1)
         return _plant_spans(noise, section, n_ctx, vocab, frac, seed_ + 1_000_003)
 
     (train, mask), (val, _) = make(n_seqs, data_seed), make(max(1, n_seqs // 8), data_seed + 1)
@@ -286,7 +214,7 @@ def _check_vocab(arr: np.ndarray | None, d_vocab: int, what: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m decoding_gpt.train", description="Train a GPT from a TOML config."
+        prog="python -m decoding_gpt.tools.train", description="Train a GPT from a TOML config."
     )
     parser.add_argument("config", help="TOML file with [model], [data], [train] tables")
     parser.add_argument(
@@ -306,7 +234,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Build the model and data from the config, train, and return the history."""
-    from decoding_gpt.transformer import GPT, GPTConfig  # lazy: `--help` stays fast
 
     config_path = Path(args.config)
     config = load_config(config_path, args.overrides)
@@ -362,7 +289,6 @@ def _start_from(model: torch.nn.Module, directory: Path) -> None:
     This is how a curriculum runs: a later stage starts where an earlier one stopped,
     with its own data, optimiser state and schedule.
     """
-    from decoding_gpt.checkpoint import CheckpointError, load_checkpoint
 
     try:
         start, start_cfg, _ = load_checkpoint(directory)
@@ -396,7 +322,7 @@ def _print_summary(model, history, cfg: TrainConfig, world_size: int, wall: floa
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m decoding_gpt.train`` and the ``dgpt-train`` script."""
+    """Entry point of ``python -m decoding_gpt.tools.train`` and the ``dgpt-train`` script."""
     args = build_parser().parse_args(argv)
     precision = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on CUDA; no effect on CPU

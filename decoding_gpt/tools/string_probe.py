@@ -49,7 +49,10 @@ from tokenizers import Tokenizer
 from torch import Tensor
 
 from decoding_gpt.activations import collect_activations
-from decoding_gpt.lens import hook_name
+from decoding_gpt.data import eos_id, get_tokenizer
+from decoding_gpt.data.labels import align_char_labels
+from decoding_gpt.data.stdlib_corpus import stdlib_documents, string_literal_spans
+from decoding_gpt.hooks import hook_name
 from decoding_gpt.probes import cross_validated_accuracy
 from decoding_gpt.transformer import GPT
 
@@ -93,9 +96,6 @@ def open_after(
 
 def label_source(text: str, tokenizer: Tokenizer) -> LabelledFile:
     """Tokenize Python source and give each token both inside-a-string labels."""
-    from decoding_gpt.data.labels import align_char_labels
-    from decoding_gpt.data.stdlib_corpus import string_literal_spans
-
     spans = string_literal_spans(text)
     char_inside = np.zeros(len(text), dtype=np.int64)  # code_char_labels' inside_string
     for start, stop in spans:
@@ -115,9 +115,6 @@ def labelled_val_files() -> tuple[LabelledFile, ...]:
     the start of a file then shows the model the boundary it learned, instead of
     putting the file's first token (often a docstring's opening quote) at position 0.
     """
-    from decoding_gpt.data import eos_id, get_tokenizer
-    from decoding_gpt.data.stdlib_corpus import stdlib_documents
-
     tok = get_tokenizer("code")
     eos = eos_id(tok)
     files = []

@@ -67,7 +67,7 @@ def load_digits_split(
 
     Returns ``(x_train, y_train, x_test, y_test)``.
     """
-    from sklearn.datasets import load_digits  # imported here: sklearn is slow to import
+    from sklearn.datasets import load_digits  # lazy: sklearn is slow to import
 
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
