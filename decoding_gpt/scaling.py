@@ -298,6 +298,14 @@ class SweepRow:
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "model"}
 
+    def summary(self) -> str:
+        """One line: the shape, both parameter counts, the val loss and the wall time."""
+        return (
+            f"d_model {self.d_model:>4} x {self.n_layers} layers: N = "
+            f"{self.n_params_non_embedding:>9,} ({self.n_params:>9,} with embeddings), "
+            f"val loss {self.val_loss:.4f}, {self.wall_time_s:.1f} s"
+        )
+
 
 def sweep_configs(
     widths: Sequence[int],
@@ -331,6 +339,28 @@ def sweep_configs(
 
 def _stories(split: str, n_tokens: int) -> np.ndarray:
     return load_token_array("stories", split, n_tokens=n_tokens)  # type: ignore[arg-type]
+
+
+def _sweep_train_config(
+    steps: int, batch_size: int, lr: float, eval_batches: int, seed: int, device: str
+) -> TrainConfig:
+    """The schedule every size shares: 10 % warmup, cosine decay to ``lr / 10``, weight
+    decay 0.1, one evaluation at the end, float32 and the for-loop AdamW."""
+    return TrainConfig(
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        min_lr=lr / 10,
+        warmup_steps=max(1, steps // 10),
+        weight_decay=0.1,
+        eval_every=0,  # only the final evaluation
+        eval_batches=eval_batches,
+        log_every=max(1, steps),
+        seed=seed,
+        device=device,
+        dtype="fp32",
+        fused=False,  # the AdamW the committed sweep was trained with (see TrainConfig)
+    )
 
 
 def train_size_sweep(
@@ -374,24 +404,9 @@ def train_size_sweep(
     for cfg in sweep_configs(widths, depths, d_vocab, n_ctx, d_head):
         set_seed(seed)  # the same initialisation stream for every size
         model = GPT(cfg)
-        train_cfg = TrainConfig(
-            steps=steps,
-            batch_size=batch_size,
-            lr=lr,
-            min_lr=lr / 10,
-            warmup_steps=max(1, steps // 10),
-            weight_decay=0.1,
-            eval_every=0,  # only the final evaluation
-            eval_batches=eval_batches,
-            log_every=max(1, steps),
-            seed=seed,
-            device=device,
-            dtype="fp32",
-            fused=False,  # the AdamW the committed sweep was trained with (see TrainConfig)
-        )
+        train_cfg = _sweep_train_config(steps, batch_size, lr, eval_batches, seed, device)
         start = time.perf_counter()
         history = train(model, train_data, val_data, train_cfg)
-        elapsed = time.perf_counter() - start
         row = SweepRow(
             d_model=cfg.d_model,
             n_layers=cfg.n_layers,
@@ -402,16 +417,11 @@ def train_size_sweep(
             steps=steps,
             val_loss=float(history["val_loss"][-1]),
             train_loss=float(history["train_loss"][-1]),
-            wall_time_s=elapsed,
+            wall_time_s=time.perf_counter() - start,
             model=model.eval() if keep_models else None,
         )
         if verbose:
-            print(
-                f"d_model {row.d_model:>4} x {row.n_layers} layers: N = "
-                f"{row.n_params_non_embedding:>9,} ({row.n_params:>9,} with embeddings), "
-                f"val loss {row.val_loss:.4f}, {row.wall_time_s:.1f} s",
-                flush=True,
-            )
+            print(row.summary(), flush=True)
         rows.append(row)
     return rows
 
