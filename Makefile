@@ -1,5 +1,6 @@
 # The three commands of the README's quickstart, plus maintainer targets.
-#   make install    create .venv, install the CPU build of torch first, then the course
+#   make install    create .venv, install the CPU build of torch first, then the course with
+#                   its lab, dev and docs extras at the versions in constraints.txt
 #   make lectures   JupyterLab on notebooks/
 #   make test       unit tests + every notebook under nbval (2 workers)
 
@@ -22,12 +23,15 @@ export PYTHONHASHSEED := 0
 
 .PHONY: install lectures test test-gpu lint format refresh-notebook slides site check-students
 
+# pyproject.toml states ranges; constraints.txt the exact versions the committed notebook
+# outputs come from. Its torch line is replaced by TORCH_VERSION (written into the venv).
 install:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first: the course's range admits this build, so the next line keeps it.
 	$(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)" $(TORCH_PIP_ARGS)
-	$(BIN)/python -m pip install --quiet -e ".[dev,docs]"
+	sed 's/^torch==.*/torch==$(TORCH_VERSION)/' constraints.txt > $(VENV)/constraints.txt
+	$(BIN)/python -m pip install --quiet -c $(VENV)/constraints.txt -e ".[lab,dev,docs]"
 
 # Containers often run as root, where Jupyter refuses to start without --allow-root.
 LAB_ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
@@ -68,3 +72,22 @@ site:
 # Fail if a committed homework/*/student.ipynb is stale with respect to its solution.
 check-students:
 	$(BIN)/python -m decoding_gpt.tools.homework make-student --check
+
+# SAELens in its own venv (sae-lens 6 needs transformer-lens < 4: never in .venv), for
+# tests/test_sae_saelens.py's SAELens half and scripts/saelens_recipe.py. torch first.
+SAELENS_VENV ?= .venv-saelens
+SAELENS_VERSION ?= 6.54.12
+
+.PHONY: saelens-venv saelens-fixtures
+
+saelens-venv:
+	$(PYTHON) -m venv $(SAELENS_VENV)
+	$(SAELENS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(SAELENS_VENV)/bin/python -m pip install --quiet "torch==$(TORCH_VERSION)" $(TORCH_PIP_ARGS)
+	$(SAELENS_VENV)/bin/python -m pip install --quiet "sae-lens==$(SAELENS_VERSION)"
+
+# Rewrite tests/fixtures/saelens: our files (main venv), then SAELens's (its venv), which
+# also loads ours in SAELens and prints the differences.
+saelens-fixtures:
+	$(BIN)/python scripts/make_saelens_fixtures.py ours --out tests/fixtures/saelens
+	$(SAELENS_VENV)/bin/python scripts/make_saelens_fixtures.py saelens --out tests/fixtures/saelens

@@ -13,7 +13,13 @@ Nothing is pickled: ``torch.load`` on an untrusted file can run arbitrary code, 
 safetensors file is a JSON header plus raw bytes, and JSON is data. Every reader here
 checks what it reads, and a truncated file, bad JSON, a missing or unexpected tensor, or
 a shape that does not match the model's config raises ``CheckpointError`` naming the
-file and the problem, rather than loading a silently wrong model.
+file and the problem, rather than loading a silently wrong model. So does a weight that is
+NaN or infinite, and a ``config.json`` whose ``model`` section was edited after saving in
+a way that keeps every shape (``act_fn``, ``layer_norm_eps``, the positional embedding,
+the normalization): ``save_checkpoint`` records the sha256 of that section
+(:func:`config_sha256`) in ``model.safetensors``'s metadata under ``"config_sha256"``,
+and ``load_checkpoint`` compares. Files without that record (the shipped models, whose
+``config.json`` the registry's sha256 protects) load as before.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file, save_model
 from torch import Tensor, nn
 
@@ -40,6 +46,7 @@ METRICS_FILE = "metrics.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 TRAINER_STATE_FILE = "trainer_state.json"
 SNAPSHOTS_FILE = "snapshots.safetensors"  # weights at chosen steps of a run
+CONFIG_SHA_KEY = "config_sha256"  # metadata of model.safetensors: sha256 of the model config
 
 
 class CheckpointError(RuntimeError):
@@ -69,6 +76,16 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
         return dataclasses.asdict(config)
     raise TypeError(f"cannot turn a {type(config).__name__} into a config dict")
+
+
+def config_sha256(config: Any) -> str:
+    """Hex SHA-256 of a model config as stored in ``config.json``: canonical JSON (sorted
+    keys, no spaces) of :func:`config_to_dict`, so the dict written at save time and the
+    one read back at load time hash alike (JSON round-trips floats exactly)."""
+    canonical = json.dumps(
+        config_to_dict(config), sort_keys=True, separators=(",", ":"), allow_nan=False
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _write_atomic(path: Path, write) -> None:
@@ -118,9 +135,34 @@ def _shared_with(state: Mapping[str, torch.Tensor]) -> dict[str, set[str]]:
 # --------------------------------------------------------------------------- weights
 
 
-def save_weights(path: str | os.PathLike, model: nn.Module) -> None:
-    """Write ``model.state_dict()`` as safetensors (tied tensors are stored once)."""
-    _write_atomic(Path(path), lambda tmp: save_model(model, str(tmp)))
+def save_weights(path: str | os.PathLike, model: nn.Module, config: Any = None) -> None:
+    """Write ``model.state_dict()`` as safetensors (tied tensors are stored once).
+
+    With ``config`` (the model config that goes to ``config.json``), its
+    :func:`config_sha256` is recorded in the file's metadata, for ``load_checkpoint`` to
+    check the config it is given against.
+    """
+    metadata = None if config is None else {CONFIG_SHA_KEY: config_sha256(config)}
+    _write_atomic(Path(path), lambda tmp: save_model(model, str(tmp), metadata=metadata))
+
+
+def _read_metadata(path: Path) -> dict[str, str]:
+    """The string metadata of a safetensors header (empty when there is none)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from err
+
+
+def _check_finite(path: Path, tensors: Mapping[str, Tensor]) -> None:
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            n_nan, n_inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+            raise CheckpointError(
+                f"{path}: tensor '{name}' is not finite ({n_nan} NaN, {n_inf} inf of "
+                f"{t.numel()} values); the weights are corrupt or the run diverged"
+            )
 
 
 def load_weights(path: str | os.PathLike, model: nn.Module) -> nn.Module:
@@ -128,7 +170,8 @@ def load_weights(path: str | os.PathLike, model: nn.Module) -> nn.Module:
 
     Raises:
         CheckpointError: the file is missing or corrupt, a tensor is missing or
-            unexpected, or a tensor's shape differs from the model's.
+            unexpected, a tensor's shape differs from the model's, or a floating-point
+            tensor holds NaN or inf.
     """
     path = Path(path)
     expected = model.state_dict()
@@ -149,6 +192,7 @@ def load_weights(path: str | os.PathLike, model: nn.Module) -> nn.Module:
                 f"from the config expects {tuple(expected[name].shape)} "
                 "(config.json and model.safetensors disagree)"
             )
+    _check_finite(path, tensors)
     model.load_state_dict(tensors, strict=False)  # strict checks were done above, with ties
     return model
 
@@ -239,8 +283,9 @@ def copy_with_weights_as(
                 f"{source / WEIGHTS_FILE}: tensor '{name}' does not fit in {dtype} "
                 f"(largest magnitude {tensors[name].abs().max().item():.3g})"
             )
+    metadata = _read_metadata(source / WEIGHTS_FILE) or None  # e.g. the config's sha256
     target.mkdir(parents=True, exist_ok=True)
-    _write_atomic(target / WEIGHTS_FILE, lambda tmp: save_file(cast, str(tmp)))
+    _write_atomic(target / WEIGHTS_FILE, lambda tmp: save_file(cast, str(tmp), metadata))
     for file_name in (CONFIG_FILE, METRICS_FILE):
         _write_json(target / file_name, _read_json(source / file_name))
     return target
@@ -263,7 +308,7 @@ def save_checkpoint(
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    save_weights(directory / WEIGHTS_FILE, model)
+    save_weights(directory / WEIGHTS_FILE, model, model_config)
     cls = type(model)
     config = {
         "format_version": FORMAT_VERSION,
@@ -338,6 +383,12 @@ def load_checkpoint(
         device: where the weights are loaded.
 
     The model comes back in eval mode.
+
+    Raises:
+        CheckpointError: a file is missing or corrupt, the config is invalid, the weights
+            do not fit it or are not finite, or ``config.json``'s ``model`` section is not
+            the one the weights were saved with (its sha256 differs from the one recorded
+            in ``model.safetensors``, when there is one).
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -348,8 +399,24 @@ def load_checkpoint(
     model_config = _build_config(config_cls, config["model"], directory / CONFIG_FILE)
     metrics = read_metrics(directory)
     model = model_cls(model_config).to(device)
-    load_weights(directory / WEIGHTS_FILE, model)
+    load_weights(directory / WEIGHTS_FILE, model)  # shape edits are named there, first
+    _check_config_sha(directory, config["model"])
     return model.eval(), model_config, metrics
+
+
+def _check_config_sha(directory: Path, model_section: dict[str, Any]) -> None:
+    """Compare ``config.json``'s model section with the sha256 recorded at save time."""
+    recorded = _read_metadata(directory / WEIGHTS_FILE).get(CONFIG_SHA_KEY)
+    if recorded is None:  # saved without a record (e.g. the shipped models): nothing to check
+        return
+    actual = config_sha256(model_section)
+    if actual != recorded:
+        raise CheckpointError(
+            f"{directory / CONFIG_FILE}: the 'model' section (sha256 {actual[:12]}...) is not "
+            f"the config {WEIGHTS_FILE} was saved with (sha256 {recorded[:12]}...); "
+            "config.json was edited after saving (e.g. act_fn, layer_norm_eps, positions or "
+            "normalization), which would load these weights into a different model"
+        )
 
 
 # --------------------------------------------------------------------------- snapshots

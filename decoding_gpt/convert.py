@@ -19,21 +19,57 @@ What each target can represent:
 - TransformerLens ``TransformerBridge.boot_native``: LayerNorm or none, attention-only or
   not, learned or rotary positions (adjacent-pair RoPE, as ours); not sinusoidal or no
   positions (``NotImplementedError``). Its unembedding has a bias, like ours.
-- HF GPT-2: LayerNorm, learned positions, an MLP, ``n_heads * d_head == d_model``, an
-  unembedding without bias (``b_U`` must be zero), activation ``gelu_new``/``gelu``/``relu``.
-  HF ties ``lm_head`` to ``wte`` by default; we build it untied (``tie_word_embeddings``
-  False), and reading a tied HF model copies ``wte`` into ``W_U``.
+- HF GPT-2: LayerNorm, learned positions, an MLP, ``n_heads * d_head == d_model``,
+  activation ``gelu_new``/``gelu``/``relu``, and an unembedding without bias. HF ties
+  ``lm_head`` to ``wte`` by default; we build it untied (``tie_word_embeddings`` False), and
+  reading a tied HF model copies ``wte`` into ``W_U``.
+
+The unembedding bias ``b_U`` is folded into the final LayerNorm's bias and ``W_U`` exactly
+(:func:`fold_unembed_bias`, the default of :func:`to_hf_gpt2`); ``unembed_bias="drop"``
+exports the trained ``W_U`` unchanged and loses ``b_U``, at a cost that
+:func:`unembed_bias_cost` measures. Measured on the whole validation split (``stories``:
+500k tokens; ``code``: 150k; rows of 128; float32, CPU):
+
+================  ==============================  ===============================  ==========
+shipped model     exports to HF GPT-2?            dropping ``b_U`` (val loss)      folding it
+================  ==============================  ===============================  ==========
+``stories-4l``    yes (max |b_U| 1.42)            +0.0002 nat (0.8535 -> 0.8537)   exact [*]_
+``code-4l``       yes (max |b_U| 0.78)            +0.0020 nat (2.4333 -> 2.4353)   exact [*]_
+scaling family    yes (non-zero ``b_U``)          not measured                     exact
+``attn-only-1l``  no: no MLP (GPT-2 blocks always have one)
+``attn-only-2l``  no: no MLP
+``modadd-1l``     no: no LayerNorm (and no tokenizer)
+================  ==============================  ===============================  ==========
+
+.. [*] folded vs original logits: max difference 3e-14 in float64, 2.5e-5 in float32 (the
+   original's own float32 rounding error is of that size) over the whole split.
+
+:func:`export_hf` writes a folder that ``AutoModelForCausalLM.from_pretrained`` and
+``AutoTokenizer.from_pretrained`` read, with the tokenizer and a generation config
+(``tools/export_hf.py`` is its command line for shipped models). In our tokenizers one id
+(``<|endoftext|>``, 0) is BOS, EOS and pad, and the tokenizer prepends it. HF's
+``generate`` infers an attention mask ``input_ids != pad_token_id`` when it is given none,
+unless pad equals EOS; so with pad = 0 and no EOS it would mask out the BOS token and
+generate different text (measured on ``stories-4l``). The export sets bos = eos = pad = 0,
+which turns that inference off, and the tokenizer returns ``attention_mask``: the right
+call is ``model.generate(**tok(prompt, return_tensors="pt"), max_new_tokens=...)``, and
+``pipeline("text-generation", model=..., tokenizer=...)`` passes the mask itself. Both give
+the tokens of :func:`decoding_gpt.generation.generate` with ``greedy=True`` (tested).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import copy
+from pathlib import Path
+from typing import Any, Literal
 
 import einops
 import torch
+from jaxtyping import Int
 from torch import Tensor
 
-from decoding_gpt.transformer import GPT, GPTConfig
+from decoding_gpt.tokenizer import as_pretrained_tokenizer_fast
+from decoding_gpt.transformer import GPT, GPTConfig, next_token_loss
 
 _HF_ACT = {"gelu_new": "gelu_new", "gelu": "gelu", "relu": "relu"}
 
@@ -167,6 +203,9 @@ def _load_from_tl_state_dict(model: GPT, sd: dict[str, Tensor]) -> None:
 
 
 # --------------------------------------------------------------------------- HF GPT-2
+UnembedBias = Literal["fold", "drop", "refuse"]
+
+
 def _check_hf_compatible(cfg: GPTConfig) -> None:
     problems = []
     if cfg.normalization_type != "LN":
@@ -177,22 +216,110 @@ def _check_hf_compatible(cfg: GPTConfig) -> None:
         problems.append("GPT-2 blocks always have an MLP (attn_only=False)")
     if cfg.n_heads * cfg.d_head != cfg.d_model:
         problems.append("GPT-2 needs n_heads * d_head == d_model")
+    if cfg.act_fn not in _HF_ACT:
+        problems.append(f"GPT-2 has no activation {cfg.act_fn!r} (one of {sorted(_HF_ACT)})")
     if problems:
         raise NotImplementedError("cannot convert to HF GPT-2: " + "; ".join(problems))
 
 
-def to_hf_gpt2(model: GPT) -> Any:
+@torch.no_grad()
+def fold_unembed_bias(model: GPT) -> GPT:
+    """A copy of ``model`` with ``b_U = 0`` that computes the same logits (exactly, in exact
+    arithmetic), by moving ``b_U`` into the final LayerNorm's bias and ``W_U``.
+
+    The final LayerNorm outputs ``y = w * n + b`` with ``n = (x - mean x) / sqrt(var x +
+    eps)``, so ``sum_i n_i = 0`` for every input. Take ``v = 1 / w`` (elementwise; or a unit
+    vector ``e_i`` where some ``w_i = 0``): then ``(w * n) . v = 0``, and adding a rank-one
+    ``v u^T`` to ``W_U [d_model, d_vocab]`` adds ``(b . v) u`` to every position's logits,
+    a constant. With ``b' = b + beta v`` and ``s = b' . v``, choose
+    ``u = (b_U - beta v W_U) / s``; then ``b' (W_U + v u^T) = b W_U + b_U`` and
+
+        ``y' W_U' = (w * n) W_U + b W_U + b_U = y W_U + b_U``.
+
+    ``beta`` only sets the conditioning: it makes ``s = d_model`` (``1`` for ``e_i``), so
+    ``|u| ~ |b_U| / d_model`` and float32 logits differ from the original by about as much
+    as the original's own rounding error (max 2e-5 on the shipped models; computed in
+    float64, then cast to the model's dtype). The new ``W_U`` is a reparametrisation: the
+    logits are the same, but a direct logit attribution of an uncentred component through
+    it is not. Requires ``normalization_type='LN'`` (without a final LayerNorm there is no
+    direction whose output is constant).
+    """
+    if model.cfg.normalization_type != "LN":
+        raise NotImplementedError(
+            "folding b_U needs a final LayerNorm (normalization_type='LN'), whose output "
+            f"has a constant direction; this model has normalization_type="
+            f"{model.cfg.normalization_type!r}"
+        )
+    folded = copy.deepcopy(model)
+    dtype = model.unembed.W_U.dtype
+    w, b = model.ln_final.w.double(), model.ln_final.b.double()  # [d_model]
+    W_U, b_U = (
+        model.unembed.W_U.double(),
+        model.unembed.b_U.double(),
+    )  # [d_model, d_vocab], [d_vocab]
+    if bool((w == 0).any()):  # a dead coordinate: its LN output is b_i alone
+        v, target = torch.zeros_like(w), 1.0
+        v[int((w == 0).nonzero()[0])] = 1.0
+    else:
+        v, target = 1.0 / w, float(w.numel())
+    beta = (target - b @ v) / (v @ v)
+    b_new = b + beta * v  # b' . v == target
+    u = (b_U - beta * (v @ W_U)) / target  # [d_vocab]
+    folded.ln_final.b.copy_(b_new.to(dtype))
+    folded.unembed.W_U.copy_((W_U + torch.outer(v, u)).to(dtype))
+    folded.unembed.b_U.zero_()
+    return folded
+
+
+@torch.no_grad()
+def unembed_bias_cost(model: GPT, tokens: Int[Tensor, "batch pos"], batch_size: int = 64) -> float:
+    """What dropping ``b_U`` costs: next-token loss (nats) without it minus with it.
+
+    ``logits - b_U`` is exactly the model with ``b_U = 0``, so one forward pass gives both
+    losses; the means are over every target of ``tokens`` (rows of at most ``n_ctx``).
+    Measured on the whole val split: ``stories-4l`` +0.0002 nat, ``code-4l`` +0.0020 nat.
+    """
+    if tokens.ndim != 2 or tokens.shape[1] < 2:
+        raise ValueError(f"tokens must be [batch, pos] with pos >= 2, got {tuple(tokens.shape)}")
+    b_U = model.unembed.b_U.float()
+    with_bias, without, n = 0.0, 0.0, 0
+    for start in range(0, tokens.shape[0], batch_size):
+        rows = tokens[start : start + batch_size].to(model.device)
+        logits = model(rows).float()  # [batch, pos, d_vocab]
+        k = rows.shape[0] * (rows.shape[1] - 1)  # targets in this batch
+        with_bias += k * next_token_loss(logits, rows).item()
+        without += k * next_token_loss(logits - b_U, rows).item()
+        n += k
+    return (without - with_bias) / n
+
+
+def to_hf_gpt2(model: GPT, unembed_bias: UnembedBias = "fold") -> Any:
     """A ``transformers.GPT2LMHeadModel`` (untied embeddings, eval mode) with our weights.
 
-    Raises ``NotImplementedError`` if GPT-2's architecture cannot represent ``model``
-    and ``ValueError`` if ``b_U`` is non-zero (GPT-2's ``lm_head`` has no bias).
+    GPT-2's ``lm_head`` has no bias. ``unembed_bias`` says what to do with a non-zero
+    ``b_U``: ``"fold"`` (default) moves it exactly into ``ln_f.bias`` and ``lm_head``
+    (:func:`fold_unembed_bias`: same logits, a reparametrised ``lm_head``); ``"drop"`` keeps
+    the trained ``W_U`` and loses ``b_U`` (the logits change by ``-b_U``; the loss cost is
+    :func:`unembed_bias_cost`); ``"refuse"`` raises ``ValueError``. A zero ``b_U`` is
+    exported as is in every mode. Raises ``NotImplementedError`` naming what GPT-2 cannot
+    represent (no LayerNorm, no MLP, other positions, ...).
     """
     from transformers import GPT2Config, GPT2LMHeadModel  # lazy: heavy, HF export only
 
     cfg = model.cfg
     _check_hf_compatible(cfg)
-    if model.unembed.b_U.detach().abs().max() > 0:
-        raise ValueError("HF GPT-2's lm_head has no bias but this model's b_U is non-zero")
+    if unembed_bias not in ("fold", "drop", "refuse"):
+        raise ValueError(f"unembed_bias must be 'fold', 'drop' or 'refuse', got {unembed_bias!r}")
+    max_b_U = float(model.unembed.b_U.detach().abs().max())
+    if max_b_U > 0 and unembed_bias == "refuse":
+        raise ValueError(
+            f"HF GPT-2's lm_head has no bias but this model's b_U is non-zero (max |b_U| = "
+            f"{max_b_U:.4g}); pass unembed_bias='fold' to fold it exactly into ln_f and "
+            "lm_head, or unembed_bias='drop' to lose it (measure the cost with "
+            "unembed_bias_cost(model, tokens))"
+        )
+    if max_b_U > 0 and unembed_bias == "fold":
+        model = fold_unembed_bias(model)
     special = 50256 if cfg.d_vocab > 50256 else None  # GPT-2's <|endoftext|>, if it exists
     hf_cfg = GPT2Config(
         vocab_size=cfg.d_vocab, n_positions=cfg.n_ctx, n_embd=cfg.d_model,
@@ -274,3 +401,105 @@ def from_hf_gpt2(hf_model: Any) -> GPT:
         model.unembed.W_U.copy_(W_U.T)
         model.unembed.b_U.zero_()
     return model
+
+
+_EXPORT_README = """# {name}
+
+Exported from `decoding_gpt` with `decoding_gpt.convert.export_hf` (HF GPT-2 layout).
+Unembedding bias: {unembed_bias} (max |b_U| = {max_b_U:.4g}).
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+model = AutoModelForCausalLM.from_pretrained(FOLDER)
+tok = AutoTokenizer.from_pretrained(FOLDER)
+out = model.generate(**tok(prompt, return_tensors="pt"), max_new_tokens=20)  # passes the mask
+pipeline("text-generation", model=model, tokenizer=tok)(prompt, max_new_tokens=20)
+```
+
+Token {special} ({special_token!r}) is BOS, EOS and pad; the tokenizer prepends it and pads
+on the left. Pass the tokenizer's `attention_mask` to `generate` (batched prompts need it).
+"""
+
+
+@torch.no_grad()
+def export_hf(
+    model: GPT,
+    out_dir: str | Path,
+    tokenizer: Any,
+    *,
+    unembed_bias: UnembedBias = "fold",
+    tokens: Int[Tensor, "batch pos"] | None = None,
+    name: str = "decoding_gpt model",
+) -> dict[str, Any]:
+    """Write ``model`` and ``tokenizer`` as an HF folder; check it loads; return a report.
+
+    ``AutoModelForCausalLM.from_pretrained(out_dir)`` gives a ``GPT2LMHeadModel``
+    (:func:`to_hf_gpt2`, ``unembed_bias`` as there) and ``AutoTokenizer.from_pretrained``
+    the tokenizer (a ``tokenizers.Tokenizer`` is wrapped with
+    :func:`~decoding_gpt.tokenizer.as_pretrained_tokenizer_fast`): it prepends BOS, returns
+    ``attention_mask`` and pads on the left (what batched ``generate`` needs). Its EOS
+    token is written as bos, eos and pad of the model config and ``generation_config``;
+    pad == eos stops ``generate`` from inferring a mask that hides the BOS token (see the
+    module docstring).
+
+    The folder is read back and its logits compared with ``model``'s (``b_U`` removed
+    when ``unembed_bias="drop"``) on ``tokens`` (default: 2 rows of 16 seeded random ids).
+    Returns ``{"out_dir", "unembed_bias", "max_abs_b_U", "max_abs_logit_diff",
+    "loss_change_nats"}``: the last is the exported model's next-token loss on ``tokens``
+    minus ours (with ``b_U``), so it shows what ``"drop"`` costs (``None`` without
+    ``tokens``). Raises ``RuntimeError`` if the logits differ by more than 1e-3.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig  # lazy: heavy
+
+    cfg = model.cfg
+    _check_hf_compatible(cfg)  # before touching the tokenizer: the clearer error first
+    if not hasattr(tokenizer, "save_pretrained"):
+        tokenizer = as_pretrained_tokenizer_fast(tokenizer)
+    tok = copy.deepcopy(tokenizer)  # do not change the caller's padding side
+    special = tok.eos_token_id
+    if special is None:
+        raise ValueError("the tokenizer has no EOS token (needed as BOS, EOS and pad)")
+    if len(tok) > cfg.d_vocab:
+        raise ValueError(f"the tokenizer has {len(tok)} tokens but the model only {cfg.d_vocab}")
+    tok.padding_side, tok.model_max_length = "left", cfg.n_ctx
+    hf = to_hf_gpt2(model, unembed_bias)
+    hf.config.bos_token_id = hf.config.eos_token_id = hf.config.pad_token_id = special
+    hf.generation_config = GenerationConfig(
+        bos_token_id=special, eos_token_id=special, pad_token_id=special
+    )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    hf.save_pretrained(out)
+    tok.save_pretrained(out)
+    max_b_U = float(model.unembed.b_U.abs().max())
+    (out / "README.md").write_text(
+        _EXPORT_README.format(
+            name=name,
+            unembed_bias=unembed_bias if max_b_U > 0 else "none (b_U = 0)",
+            max_b_U=max_b_U,
+            special=special,
+            special_token=tok.eos_token,
+        )  # fmt: skip
+    )
+    loaded = AutoModelForCausalLM.from_pretrained(out).to(model.device).eval()
+    reloaded_tok = AutoTokenizer.from_pretrained(out)
+    if len(reloaded_tok) != len(tok) or reloaded_tok.eos_token_id != special:
+        raise RuntimeError(f"the tokenizer written to {out} does not read back the same")
+    probe = tokens
+    if probe is None:
+        gen = torch.Generator().manual_seed(0)
+        probe = torch.randint(0, cfg.d_vocab, (2, min(16, cfg.n_ctx)), generator=gen)
+    probe = probe.to(model.device)
+    theirs = loaded(probe).logits.float()  # [batch, pos, d_vocab]
+    ours = model(probe).float()
+    expected = ours - model.unembed.b_U.float() if unembed_bias == "drop" else ours
+    diff = float((theirs - expected).abs().max())
+    if diff > 1e-3:
+        raise RuntimeError(f"the exported model's logits differ from ours by {diff:.3g}")
+    loss_change = None
+    if tokens is not None:
+        loss_change = (next_token_loss(theirs, probe) - next_token_loss(ours, probe)).item()
+    return {
+        "out_dir": str(out), "unembed_bias": unembed_bias, "max_abs_b_U": max_b_U,
+        "max_abs_logit_diff": diff, "loss_change_nats": loss_change,
+    }  # fmt: skip

@@ -1,4 +1,4 @@
-"""Where tensors live and how runs are made repeatable.
+"""Where tensors live, how runs are made repeatable, and how they report progress.
 
 Device choice: ``cuda`` if a CUDA GPU is visible, else ``mps`` (Apple silicon), else
 ``cpu``. The environment variable ``DGPT_DEVICE`` overrides the choice (for example
@@ -12,9 +12,12 @@ from __future__ import annotations
 import os
 import platform
 import random
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 DEVICE_ENV_VAR = "DGPT_DEVICE"
 
@@ -87,3 +90,17 @@ def machine_description() -> str:
         f"{device}, {os.cpu_count()} cores, {platform.machine()}, "
         f"Python {platform.python_version()}, torch {torch.__version__}"
     )
+
+
+def progress_bar(
+    iterable: Iterable[Any] | None = None, *, desc: str, total: int | None = None, **kwargs: Any
+) -> tqdm:
+    """A tqdm progress bar that ``TQDM_DISABLE=1`` turns off.
+
+    tqdm reads that variable itself, but its notebook widget does not, and an executed
+    notebook would then commit a widget per training loop; so it is read here. Extra
+    ``kwargs`` go to tqdm (``initial``, ``disable`` for e.g. non-main DDP ranks, ...).
+    """
+    asked_off = kwargs.pop("disable", False)
+    env_off = os.environ.get("TQDM_DISABLE", "").lower() not in ("", "0", "false")
+    return tqdm(iterable, desc=desc, total=total, disable=asked_off or env_off, **kwargs)

@@ -49,6 +49,28 @@ class KVCache:
         return self.layers[0].length if self.layers else 0
 
 
+def check_token_ids(tokens: Tensor, d_vocab: int | None = None) -> None:
+    """Raise ``ValueError`` unless ``tokens`` can be token ids; the one check behind
+    :func:`generate` and ``GPT.forward``.
+
+    Token ids are integers: a float tensor would be truncated on the way to an embedding
+    row (``1.7 -> 1``, a silently different token), a bool tensor would read as ids 0 and
+    1, so both are refused, whatever their values. With ``d_vocab`` every id must also lie
+    in ``[0, d_vocab)`` (skipped while ``torch.compile`` traces, where it would break the
+    graph).
+    """
+    dtype = tokens.dtype
+    if dtype.is_floating_point or dtype.is_complex or dtype == torch.bool:
+        raise ValueError(
+            f"token ids must be an integer tensor (torch.long), got dtype {dtype}; "
+            "a float id would be truncated (1.7 -> 1) and a bool is not an id"
+        )
+    if d_vocab is not None and tokens.numel() and not torch.compiler.is_compiling():
+        lo, hi = int(tokens.min()), int(tokens.max())
+        if lo < 0 or hi >= d_vocab:
+            raise ValueError(f"token ids must be in [0, {d_vocab}), got [{lo}, {hi}]")
+
+
 def top_k_filter(logits: Float[Tensor, "batch vocab"], k: int) -> Float[Tensor, "batch vocab"]:
     """Keep the ``k`` largest logits of each row; set the others to ``-inf``."""
     if k < 1:
@@ -119,12 +141,14 @@ def generate(
     ``cfg.n_layers`` and ``forward(tokens, kv_cache=...)`` returning logits). ``tokens`` is
     ``[pos]`` or ``[batch, pos]`` (the output has the same rank). ``seed`` makes sampling
     reproducible without touching the global RNG. With ``eos_token_id`` generation stops
-    once every row has produced it (finished rows are padded with it).
+    once every row has produced it (finished rows are padded with it). ``tokens`` must have
+    an integer dtype (:func:`check_token_ids`: a float or bool tensor raises ``ValueError``).
     """
     if tokens.ndim not in (1, 2) or tokens.shape[-1] == 0:
         raise ValueError(
             f"tokens must be a non-empty [pos] or [batch, pos], got {tuple(tokens.shape)}"
         )
+    check_token_ids(tokens)  # before .long() below, which would truncate float ids
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     squeeze = tokens.ndim == 1

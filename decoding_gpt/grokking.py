@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from decoding_gpt.device import progress_bar
 from decoding_gpt.transformer import GPT, GPTConfig
 
 # Test accuracies at whose first crossing a snapshot is kept, so the jump is sampled
@@ -212,6 +213,9 @@ def train_modular_addition(
     the whole train and test sets. Snapshots (float16 copies of the weights) are kept at
     ``n_snapshots - len(SNAPSHOT_LEVELS)`` evenly spaced steps and at the first logged step
     where test accuracy exceeds each of :data:`SNAPSHOT_LEVELS`.
+
+    A tqdm progress bar counts the updates and shows the last logged accuracies;
+    ``TQDM_DISABLE=1`` turns it off.
     """
     torch.manual_seed(cfg.seed)
     x_train = data.tokens[data.train_idx].to(model.device)
@@ -226,6 +230,7 @@ def train_modular_addition(
     history: dict[str, Any] = {key: [] for key in keys}
     run = GrokRun(history)
     batch_iter = batches(len(y_train), cfg.batch_size, cfg.seed)
+    bar = progress_bar(total=cfg.steps, desc="train_modular_addition")
     start = time.perf_counter()
     for step in range(cfg.steps + 1):
         if step % cfg.log_every == 0 or step == cfg.steps:
@@ -241,6 +246,9 @@ def train_modular_addition(
                 run.snapshots[step] = {
                     k: v.detach().to("cpu", torch.float16) for k, v in state.items()
                 }
+            bar.set_postfix(
+                train=f"{m['train_accuracy']:.3f}", test=f"{m['test_accuracy']:.3f}", refresh=False
+            )
             if log is not None and (step % (cfg.log_every * 20) == 0 or step == cfg.steps):
                 log(
                     f"step {step:6d}  train {m['train_loss']:.4f} / {m['train_accuracy']:.3f}  "
@@ -255,6 +263,8 @@ def train_modular_addition(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        bar.update(1)
+    bar.close()
     model.eval()
     history["train_time"] = time.perf_counter() - start
     history["snapshot_steps"] = sorted(run.snapshots)

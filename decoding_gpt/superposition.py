@@ -51,6 +51,8 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from decoding_gpt.device import progress_bar
+
 # ----------------------------------------------------------------- random geometry
 
 
@@ -162,7 +164,8 @@ def train_toy_model(
 ) -> list[float]:
     """Adam on the importance-weighted MSE ``mean_batch sum_i I_i (x_i - x'_i)^2``
     (summed over instances, so each instance gets its own gradient). Returns the loss
-    per step (averaged over instances)."""
+    per step (averaged over instances). A tqdm progress bar shows the steps;
+    ``TQDM_DISABLE=1`` turns it off."""
     n_inst, n_feat = model.cfg.n_instances, model.cfg.n_features
     if sparsity.shape != (n_inst,):
         raise ValueError(f"sparsity must have shape ({n_inst},), got {tuple(sparsity.shape)}")
@@ -172,7 +175,8 @@ def train_toy_model(
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     losses = []
-    for _ in range(steps):
+    bar = progress_bar(range(steps), desc="train_toy_model")
+    for step in bar:
         x = generate_batch(batch_size, n_feat, 1 - sparsity, gen)
         err = (x - model(x)).pow(2) * imp[None]
         loss = err.sum(-1).mean(0)  # [instance]
@@ -180,6 +184,9 @@ def train_toy_model(
         loss.sum().backward()
         opt.step()
         losses.append(loss.mean().item())
+        if step % 100 == 0 or step == steps - 1:
+            bar.set_postfix(loss=f"{losses[-1]:.4g}", refresh=False)
+    bar.close()
     return losses
 
 

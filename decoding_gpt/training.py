@@ -49,7 +49,6 @@ import torch
 import torch.distributed as dist
 from jaxtyping import Bool, Int
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from decoding_gpt.checkpoint import (
     load_optimizer,
@@ -58,7 +57,7 @@ from decoding_gpt.checkpoint import (
     read_trainer_state,
     save_checkpoint,
 )
-from decoding_gpt.device import get_device
+from decoding_gpt.device import get_device, progress_bar
 from decoding_gpt.transformer import next_token_loss
 
 DTYPES = ("auto", "fp32", "bf16")
@@ -542,16 +541,11 @@ def _wrap_for_steps(
 def _start_clock(run: _Run) -> None:
     """Start the wall clock (a resumed run continues its own) and the progress bar.
 
-    The bar shows on rank 0 only. ``TQDM_DISABLE=1`` turns it off; we read the variable
-    ourselves because tqdm's notebook widget ignores it and would put a widget into every
-    executed notebook.
+    The bar shows on rank 0 only; ``TQDM_DISABLE=1`` turns it off
+    (:func:`decoding_gpt.device.progress_bar`).
     """
-    env_off = os.environ.get("TQDM_DISABLE", "").lower() not in ("", "0", "false")
-    run.bar = tqdm(
-        total=run.cfg.steps,
-        initial=run.state.step,
-        desc="train",
-        disable=env_off or not run.info.is_main,
+    run.bar = progress_bar(
+        total=run.cfg.steps, initial=run.state.step, desc="train", disable=not run.info.is_main
     )
     run.clock = time.perf_counter() - run.state.elapsed
 

@@ -42,7 +42,7 @@ from decoding_gpt.attention import (
     linear,
     sinusoidal_positional_encoding,
 )
-from decoding_gpt.generation import KVCache, generate
+from decoding_gpt.generation import KVCache, check_token_ids, generate
 
 ACT_FNS = {
     "gelu": F.gelu,  # exact: x * Phi(x)
@@ -327,20 +327,17 @@ class GPT(HookedRootModule):
         return loss if return_type == "loss" else (logits, loss)
 
     def _check_tokens(self, tokens: Tensor, offset: int) -> None:
-        if tokens.ndim != 2 or tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
+        if tokens.ndim != 2:
             raise ValueError(
                 f"tokens must be an integer tensor [batch, pos], got {tokens.dtype} "
                 f"{tuple(tokens.shape)} (use tokens[None] for a single sequence)"
             )
+        check_token_ids(tokens, self.cfg.d_vocab)  # integer dtype, ids in [0, d_vocab)
         if offset + tokens.shape[1] > self.cfg.n_ctx:
             raise ValueError(
                 f"sequence length {offset + tokens.shape[1]} exceeds n_ctx={self.cfg.n_ctx}; "
                 "truncate the input (generate() keeps the last n_ctx tokens)"
             )
-        if tokens.numel() and not torch.compiler.is_compiling():
-            lo, hi = int(tokens.min()), int(tokens.max())
-            if lo < 0 or hi >= self.cfg.d_vocab:
-                raise ValueError(f"token ids must be in [0, {self.cfg.d_vocab}), got [{lo}, {hi}]")
 
     @torch.no_grad()
     def generate(

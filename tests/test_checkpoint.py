@@ -7,12 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 import decoding_gpt.checkpoint as checkpoint_module
 from decoding_gpt.checkpoint import (
     CheckpointError,
+    config_sha256,
     copy_with_weights_as,
     file_sha256,
     load_checkpoint,
@@ -220,3 +222,99 @@ def test_file_sha256_known_vector(tmp_path: Path):
     expected = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     assert file_sha256(tmp_path / "abc") == expected
     assert file_sha256(tmp_path / "abc", chunk_size=1) == expected
+
+
+# --------------------------------------------------------------------------- silent corruption
+def _metadata(path: Path) -> dict:
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata() or {}
+
+
+def _edit_model_config(ckpt: Path, **changes) -> None:
+    config = json.loads((ckpt / "config.json").read_text())
+    config["model"].update(changes)
+    (ckpt / "config.json").write_text(json.dumps(config, indent=2))
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_weight_is_named(ckpt: Path, value: float):
+    path = ckpt / "model.safetensors"
+    tensors = load_file(path)
+    tensors["blocks.1.mlp.W_in"][3, 5] = value
+    save_file(tensors, path, metadata=_metadata(path))
+    with pytest.raises(
+        CheckpointError, match=r"model\.safetensors: tensor 'blocks\.1\.mlp\.W_in' is not finite"
+    ):
+        load_checkpoint(ckpt)
+    with pytest.raises(CheckpointError, match="not finite"):
+        load_weights(path, make_gpt())
+
+
+def test_save_records_the_sha256_of_the_model_config(ckpt: Path):
+    stored = json.loads((ckpt / "config.json").read_text())["model"]
+    recorded = _metadata(ckpt / "model.safetensors")["config_sha256"]
+    assert recorded == config_sha256(stored) == config_sha256(CFG)
+    assert config_sha256(CFG.to_dict() | {"act_fn": "relu"}) != recorded
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"act_fn": "relu"},
+        {"act_fn": "gelu_new"},
+        {"layer_norm_eps": 1e-3},
+        {"init_range": 0.5},
+    ],
+)
+def test_shape_preserving_config_edit_is_refused(ckpt: Path, change: dict):
+    """Every tensor still fits, so only the recorded sha256 can tell the model changed."""
+    _edit_model_config(ckpt, **change)
+    with pytest.raises(
+        CheckpointError, match=r"config\.json: the 'model' section .* was saved with"
+    ):
+        load_checkpoint(ckpt)
+
+
+def test_positional_type_edit_is_refused(tmp_path: Path):
+    """Rotary and sinusoidal positions have no stored tensor: the names and shapes agree."""
+    cfg = GPTConfig(d_vocab=40, n_ctx=12, d_model=16, n_layers=1, n_heads=2,
+                    positional_embedding_type="rotary")  # fmt: skip
+    ckpt = save_checkpoint(tmp_path / "rotary", make_gpt(cfg), cfg)
+    _edit_model_config(ckpt, positional_embedding_type="sinusoidal")
+    with pytest.raises(CheckpointError, match=r"config\.json: .*edited after saving"):
+        load_checkpoint(ckpt)
+
+
+def test_normalization_edit_is_refused(tmp_path: Path):
+    cfg = GPTConfig(d_vocab=40, n_ctx=12, d_model=16, n_layers=1, n_heads=2)
+    ckpt = save_checkpoint(tmp_path / "ln", make_gpt(cfg), cfg)
+    _edit_model_config(ckpt, normalization_type=None)
+    with pytest.raises(CheckpointError, match="unexpected"):  # the LN tensors have no place
+        load_checkpoint(ckpt)
+
+
+def test_reformatted_config_and_edited_train_section_still_load(ckpt: Path):
+    config = json.loads((ckpt / "config.json").read_text())
+    config["model"] = dict(reversed(config["model"].items()))
+    config["train"]["steps"] = 1000  # not the model: not recorded
+    (ckpt / "config.json").write_text(json.dumps(config))
+    model, cfg, _ = load_checkpoint(ckpt)
+    assert cfg == CFG
+
+
+def test_weights_without_a_config_record_load_as_before(ckpt: Path):
+    """Files saved before the record existed (like the shipped models) are not checked."""
+    path = ckpt / "model.safetensors"
+    save_file(load_file(path), path)  # no metadata
+    _edit_model_config(ckpt, act_fn="relu")
+    _, cfg, _ = load_checkpoint(ckpt)
+    assert cfg.act_fn == "relu"
+
+
+def test_float16_copy_keeps_the_config_record(ckpt: Path, tmp_path: Path):
+    half = copy_with_weights_as(ckpt, tmp_path / "half", torch.float16)
+    assert _metadata(half / "model.safetensors") == _metadata(ckpt / "model.safetensors")
+    load_checkpoint(half)
+    _edit_model_config(half, act_fn="relu")
+    with pytest.raises(CheckpointError, match=r"config\.json"):
+        load_checkpoint(half)

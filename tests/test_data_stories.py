@@ -13,7 +13,7 @@ import re
 import numpy as np
 import pytest
 
-from decoding_gpt.data import get_tokenizer
+from decoding_gpt.data import eos_id, get_tokenizer
 from decoding_gpt.data.bpe import TOKENIZER_DIR, mark_digit_pairs
 from decoding_gpt.data.stories import (
     DEFAULT_HELD_OUT_IOI,
@@ -393,6 +393,18 @@ def test_manifest_matches_shipped_file_and_training_text():
 def test_rebuild_reproduces_shipped_stories_tokenizer():
     shipped = (TOKENIZER_DIR / "stories.json").read_text()
     assert build_tokenizer("stories").to_str() + "\n" == shipped
+
+
+@pytest.mark.parametrize("corpus", ["stories", "code"])
+def test_decode_drops_end_of_text_unless_asked_to_keep_it(corpus):
+    """Documented in ``get_tokenizer``: the special token is one id, and ``decode`` skips
+    it by default; ``skip_special_tokens=False`` gives the text back exactly."""
+    tok = get_tokenizer(corpus)
+    text = "Tom ran.<|endoftext|>Sue sat."
+    ids = tok.encode(text).ids
+    assert ids.count(eos_id(tok)) == 1  # the literal text is the special token, once
+    assert tok.decode(ids) == "Tom ran.Sue sat."
+    assert tok.decode(ids, skip_special_tokens=False) == text
 
 
 def test_get_tokenizer_errors(tmp_path, monkeypatch):

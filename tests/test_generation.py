@@ -150,3 +150,20 @@ def test_generate_restores_training_mode_and_rejects_bad_input(model):
         generate(model, torch.zeros(1, 0, dtype=torch.long), 2)
     with pytest.raises(ValueError, match="non-empty"):
         generate(model, torch.zeros(1, 2, 3, dtype=torch.long), 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bool])
+def test_generate_rejects_non_integer_token_ids_naming_the_dtype(model, dtype):
+    """A float id would be truncated by ``.long()`` (1.7 -> 1, a different token) and a
+    bool tensor read as ids 0 and 1: both are refused, on both entry points."""
+    bad = torch.tensor([[1.7, 2.0, 3.0]]).to(dtype)
+    for call in (lambda: generate(model, bad, 2), lambda: model.generate(bad[0], 2)):
+        with pytest.raises(ValueError, match=rf"integer tensor.*got dtype {dtype}"):
+            call()
+
+
+def test_generate_accepts_every_integer_dtype_alike(model):
+    start = prompt(batch=1)
+    expected = generate(model, start, 3, greedy=True)
+    for dtype in (torch.int32, torch.int16, torch.uint8):
+        assert torch.equal(generate(model, start.to(dtype), 3, greedy=True), expected)

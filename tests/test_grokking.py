@@ -252,3 +252,14 @@ def test_registered_snapshots_are_checked_against_the_registry(tmp_path, monkeyp
     path.write_bytes(bytes(data))
     with pytest.raises(pretrained.PretrainedError, match=r"snapshots\.safetensors.*sha256"):
         registry.verify("tiny-modadd")
+
+
+@pytest.mark.parametrize(("env", "shown"), [("1", False), ("0", True)])
+def test_training_progress_bar_obeys_tqdm_disable(monkeypatch, capsys, env, shown):
+    """TQDM_DISABLE=1 (``make test``, the notebook refresher) must print nothing."""
+    monkeypatch.setenv("TQDM_DISABLE", env)
+    data = g.make_dataset(7, 0.6, seed=0)
+    model = GPT(g.model_config(7, d_model=16, n_heads=2, d_mlp=32))
+    g.train_modular_addition(model, data, g.GrokTrainConfig(steps=4, log_every=2), log=None)
+    out, err = capsys.readouterr()
+    assert out == "" and ("train_modular_addition" in err) == shown and (err == "") != shown

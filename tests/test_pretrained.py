@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import threading
 import time
 
 import pytest
@@ -117,3 +119,54 @@ def test_shipped_weights_stay_under_40_mb():
     assert len(files) > len(SHIPPED)
     total = sum(f.stat().st_size for f in files)
     assert total < 40 * 10**6, f"shipped weights total {total / 10**6:.1f} MB"
+
+
+def test_hub_probe_is_bounded_when_dns_never_answers(monkeypatch, fake_registry):
+    """``socket.create_connection``'s timeout does not bound name resolution (12.4 s
+    measured with a silent resolver): the probe must give up after HUB_PROBE_TIMEOUT_S."""
+    for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(variable, raising=False)
+    released = threading.Event()
+
+    def silent_resolver(*args, **kwargs):  # a DNS server that never answers (for 30 s)
+        released.wait(30)
+        raise socket.gaierror("stub resolver released")
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the probe must not connect before resolution answered")
+
+    monkeypatch.setattr(socket, "getaddrinfo", silent_resolver)  # create_connection's too
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    start = time.monotonic()
+    try:
+        with pytest.raises(pretrained.HubUnavailableError, match="TimeoutError.*no answer"):
+            pretrained.load("gpt2-small")
+        waited = time.monotonic() - start
+    finally:
+        released.set()  # let the abandoned resolver thread finish
+    assert registry.HUB_PROBE_TIMEOUT_S <= waited < 5
+
+
+def test_bridge_generate_accepts_a_negative_temperature_and_inverts_sampling(fake_registry):
+    """TransformerLens's ``generate`` divides the logits by ``temperature`` unchecked:
+    ``temperature=-1e-6`` is arg-MIN decoding. Pinned (and documented in
+    ``decoding_gpt.pretrained``) because we cannot change it without patching TL; our
+    own sampler refuses the same argument."""
+    bridge, native = pretrained.load("tiny", device="cpu"), pretrained.load_native("tiny", "cpu")
+    tokens = torch.randint(0, 50, (4, 6), generator=torch.Generator().manual_seed(0))
+    least_likely = native(tokens)[:, -1].argmin(dim=-1)
+    out = bridge.generate(
+        tokens, max_new_tokens=1, temperature=-1e-6, stop_at_eos=False, verbose=False
+    )
+    assert torch.equal(out[:, -1], least_likely)
+    with pytest.raises(ValueError, match="temperature must be >= 0, got -1"):
+        native.generate(tokens, 1, temperature=-1)
+
+
+def test_shipped_tokenizer_for_bridges_keeps_end_of_text_when_decoding():
+    """The opposite default of ``data.get_tokenizer``'s (documented in both places)."""
+    tok = pretrained.load_tokenizer("stories-4l")
+    text = "Tom ran.<|endoftext|>Sue sat."
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids) == text
+    assert tok.decode(ids, skip_special_tokens=True) == "Tom ran.Sue sat."

@@ -465,3 +465,14 @@ def test_config_validation():
         SAEConfig(d_in=4, d_sae=8, architecture="topk", k=2, k_aux=0)
     with pytest.raises(ValueError, match="dead_steps"):
         SAEConfig(d_in=4, d_sae=8, architecture="topk", k=2, dead_steps=0)
+
+
+@pytest.mark.parametrize(("env", "shown"), [("1", False), ("0", True)])
+def test_train_sae_progress_bar_obeys_tqdm_disable(data, monkeypatch, capsys, env, shown):
+    """TQDM_DISABLE=1 (``make test``, the notebook refresher) must print nothing: the
+    committed notebook outputs are compared by nbval."""
+    monkeypatch.setenv("TQDM_DISABLE", env)
+    sae = SAE(SAEConfig(d_in=D_IN, d_sae=D_SAE, architecture="topk", k=3))
+    train_sae(sae, _batches(data[0]), n_steps=3, log_every=1)
+    out, err = capsys.readouterr()
+    assert out == "" and ("train_sae" in err) == shown and (err == "") != shown

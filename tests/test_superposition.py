@@ -142,3 +142,13 @@ def test_bad_shapes_raise():
         train_toy_model(model, torch.ones(5), torch.zeros(3), steps=1)
     with pytest.raises(ValueError, match="importance"):
         train_toy_model(model, torch.ones(4), torch.zeros(2), steps=1)
+
+
+@pytest.mark.parametrize(("env", "shown"), [("1", False), ("0", True)])
+def test_training_progress_bar_obeys_tqdm_disable(monkeypatch, capsys, env, shown):
+    """TQDM_DISABLE=1 (``make test``, the notebook refresher) must print nothing."""
+    monkeypatch.setenv("TQDM_DISABLE", env)
+    model = ToyModel(ToyModelConfig(5, 2, 2), generator=torch.Generator().manual_seed(0))
+    train_toy_model(model, torch.ones(5), torch.full((2,), 0.9), steps=3, batch_size=8)
+    out, err = capsys.readouterr()
+    assert out == "" and ("train_toy_model" in err) == shown and (err == "") != shown

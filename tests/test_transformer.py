@@ -209,7 +209,9 @@ def test_overfits_a_short_sequence():
     [
         (torch.zeros(2, 17, dtype=torch.long), "exceeds n_ctx=16"),
         (torch.zeros(5, dtype=torch.long), r"\[batch, pos\]"),
-        (torch.zeros(2, 5), "integer"),
+        (torch.zeros(2, 5), "integer tensor.*got dtype torch.float32"),
+        (torch.zeros(2, 5, dtype=torch.bool), "integer tensor.*got dtype torch.bool"),
+        (torch.zeros(2, 5, dtype=torch.complex64), "integer tensor.*got dtype torch.complex64"),
         (torch.full((1, 4), 61), r"\[0, 61\)"),
     ],
 )

@@ -1,5 +1,5 @@
 """What the models read: a synthetic stories corpus, the Python standard library,
-their BPE tokenizers, and packed token arrays for training.
+their BPE tokenizers, packed token arrays for training, and synthetic token sequences.
 
 Submodules:
 
@@ -9,7 +9,9 @@ Submodules:
 * :mod:`~decoding_gpt.data.labels`: character labels -> per-token labels;
 * :mod:`~decoding_gpt.data.bpe`: the shipped tokenizers (``get_tokenizer``);
 * :mod:`~decoding_gpt.data.packing`: ``pack``, ``load_token_array``, ``as_dataset``;
-* :mod:`~decoding_gpt.tools.build_data`: rebuilds the shipped tokenizers.
+* :mod:`~decoding_gpt.data.synthetic`: random tokens with repeated spans (induction).
+
+``python -m decoding_gpt.tools.build_data`` rebuilds the shipped tokenizers.
 """
 
 from decoding_gpt.data.bpe import eos_id, get_tokenizer

@@ -62,7 +62,21 @@ def tokenizer_path(corpus: str) -> Path:
 
 
 def get_tokenizer(corpus: Corpus) -> Tokenizer:
-    """Load the shipped tokenizer of ``corpus`` (a new object each call)."""
+    """Load the shipped tokenizer of ``corpus`` (a new object each call).
+
+    ``<|endoftext|>`` (id :func:`eos_id`) is a special token: ``encode`` reads the literal
+    text ``"<|endoftext|>"`` as that one token, and ``decode`` DROPS it by default
+    (``skip_special_tokens=True`` is the ``tokenizers`` default), so decoding is not the
+    inverse of encoding across a document boundary::
+
+        ids = tok.encode("Tom ran.<|endoftext|>Sue sat.").ids
+        tok.decode(ids)                               # 'Tom ran.Sue sat.'
+        tok.decode(ids, skip_special_tokens=False)    # 'Tom ran.<|endoftext|>Sue sat.'
+
+    Pass ``skip_special_tokens=False`` to keep it. (The ``PreTrainedTokenizerFast`` of
+    ``pretrained.load_tokenizer``, which a bridge's ``to_string`` uses, has the opposite
+    default: it keeps the token unless told ``skip_special_tokens=True``.)
+    """
     path = tokenizer_path(corpus)
     if not path.is_file():
         raise FileNotFoundError(

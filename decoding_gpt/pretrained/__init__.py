@@ -13,6 +13,15 @@ Each shipped model is a checkpoint folder under ``pretrained/models/<name>/``
 records the sha256 of every file, which is checked on every load. Hub names such as
 ``"gpt2-small"`` or ``"pythia-70m"`` go to TransformerLens when the hub is reachable; offline
 they fail within seconds with a message naming the shipped alternatives.
+
+**Sampling from a bridge.** ``load`` returns TransformerLens's own ``TransformerBridge``,
+so ``bridge.generate`` is TransformerLens's sampler, not ours, and it does not check its
+``temperature``: it divides the logits ``z`` by it, so ``temperature=-1`` samples from
+``softmax(-z)``, the least likely tokens first (and ``-1e-6`` is arg-MIN decoding), with no
+error. Pass ``temperature >= 0`` (``do_sample=False`` for greedy). Our sampler,
+``GPT.generate`` (``load_native``) and ``decoding_gpt.generation.generate``, raises
+``ValueError`` for a negative temperature. ``tests/test_pretrained.py`` pins both, so an
+upgrade of TransformerLens that changes this shows up there.
 """
 
 from decoding_gpt.pretrained.registry import (

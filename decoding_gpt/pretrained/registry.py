@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,7 +131,11 @@ def load(name: str, device: str | torch.device | None = None):
     Shipped models load offline, with their tokenizer attached (``to_tokens``,
     ``to_str_tokens`` and ``generate`` work). Any other name is resolved as a
     TransformerLens model name (``"gpt2-small"``, ``"pythia-70m"``, ...) and loaded from
-    the hub, which fails fast with :class:`HubUnavailableError` when offline.
+    the hub, which fails fast with :class:`HubUnavailableError` when offline (within
+    ``HUB_PROBE_TIMEOUT_S`` seconds, even when DNS never answers).
+
+    The bridge's ``generate`` is TransformerLens's: it accepts a negative ``temperature``
+    and then samples the least likely tokens (see the package docstring).
     """
     if name in _registry():
         return to_transformer_lens(load_native(name, device), tokenizer=load_tokenizer(name))
@@ -143,8 +149,50 @@ def _hub_endpoint() -> tuple[str, int]:
     return url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
 
 
+def _connect_within(host: str, port: int, timeout: float) -> None:
+    """Open (and close) a TCP connection to ``host:port``, the WHOLE probe, name resolution
+    and connect together, bounded by ``timeout`` seconds; raise ``OSError`` otherwise.
+
+    ``socket.create_connection(..., timeout=)`` bounds only the connect: its
+    ``getaddrinfo`` waits as long as the system resolver does (12.4 s measured when DNS
+    never answers). So resolution runs in a daemon thread that we wait for with a deadline;
+    a resolver that never answers is left behind in that thread, which cannot keep the
+    interpreter alive. The connects get whatever time the resolution left.
+    """
+    deadline = time.monotonic() + timeout
+    answer: queue.Queue = queue.Queue(maxsize=1)
+
+    def resolve() -> None:
+        try:
+            answer.put(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except OSError as err:
+            answer.put(err)
+
+    threading.Thread(target=resolve, name="hub-probe-resolve", daemon=True).start()
+    try:
+        addresses = answer.get(timeout=timeout)
+    except queue.Empty:
+        raise TimeoutError(f"resolving {host!r} gave no answer within {timeout:.1f} s") from None
+    if isinstance(addresses, OSError):
+        raise addresses
+    error: OSError = TimeoutError(f"no address of {host!r} answered within {timeout:.1f} s")
+    for family, kind, proto, _, address in addresses:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        with socket.socket(family, kind, proto) as sock:
+            sock.settimeout(remaining)
+            try:
+                sock.connect(address)
+                return
+            except OSError as err:
+                error = err
+    raise error
+
+
 def _check_hub_reachable(name: str) -> None:
-    """Raise ``HubUnavailableError`` quickly unless the hub answers on its port."""
+    """Raise ``HubUnavailableError`` unless the hub answers on its port within
+    ``HUB_PROBE_TIMEOUT_S`` seconds, DNS resolution included."""
     shipped = ", ".join(list_models()) or "none"
     hint = f"the shipped models work offline: {shipped}"
     for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
@@ -153,13 +201,12 @@ def _check_hub_reachable(name: str) -> None:
     host, port = _hub_endpoint()
     start = time.monotonic()
     try:
-        with socket.create_connection((host, port), timeout=HUB_PROBE_TIMEOUT_S):
-            return
+        _connect_within(host, port, HUB_PROBE_TIMEOUT_S)
     except OSError as err:
         waited = time.monotonic() - start
         raise HubUnavailableError(
             f"{name!r} needs the hub, which is unreachable ({type(err).__name__} after "
-            f"{waited:.1f} s); {hint}"
+            f"{waited:.1f} s: {err}); {hint}"
         ) from err
 
 

@@ -49,7 +49,18 @@ Modules:
   (``auroc_matrix``, ``f1_matrix``, ``ground_truth_score``, ``mean_max_cosine``).
 - ``analysis``: one latent at a time: ``top_activating_examples``, ``steer_with_latent``.
 - ``io``: ``save_sae`` / ``load_sae`` in SAELens's format (``cfg.json`` +
-  ``sae_weights.safetensors``).
+  ``sae_weights.safetensors``). SAELens's own standard, topk and jumprelu files load with
+  SAELens's outputs (every ``normalize_activations`` mode, ``rescale_acts_by_decoder_norm``,
+  ``hook_z`` reshaping); any other architecture or field value raises a ``ValueError``
+  that names the field.
+
+SAELens itself is not a dependency (sae-lens 6 needs transformer-lens < 4): it lives in
+its own venv, ``make saelens-venv``. To train or analyse with SAELens on a shipped model,
+export the model to a TransformerLens 3.x ``HookedTransformer`` there:
+``scripts/saelens_recipe.py`` builds ``HookedTransformerConfig`` from the checkpoint's
+``config.json`` and loads its ``model.safetensors`` unchanged (our ``GPT`` has
+``HookedTransformer``'s parameter names and shapes), checks the logits against ours,
+trains a SAELens SAE on a hook and saves it for ``load_sae`` (CONTRIBUTING.md, "SAELens").
 """
 
 from decoding_gpt.sae.analysis import TopExample, steer_with_latent, top_activating_examples

@@ -25,6 +25,19 @@ from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+# SAELens's ``normalize_activations`` modes, as its inference SAE applies them (see
+# :meth:`SAE.normalize_in`). The last two scale the activations in SAELens's activation
+# store during training, not in the SAE: the SAE itself leaves its input alone.
+NORMALIZATIONS = (
+    "none",
+    "constant_norm_rescale",
+    "layer_norm",
+    "expected_average_only_in",
+    "covariance_whitening",
+)
+_LAYER_NORM_EPS = 1e-5  # SAELens's run_time_activation_ln_in
+# the modes whose decode needs statistics of the input that encode saw
+_STATEFUL = ("constant_norm_rescale", "layer_norm")
 
 # --------------------------------------------------------------------- activations
 
@@ -49,8 +62,9 @@ def batch_topk_relu(sae: SAE, pre: Float[Tensor, "batch d_sae"]) -> Float[Tensor
 
 
 def jumprelu(sae: SAE, pre: Float[Tensor, "... d_sae"]) -> Float[Tensor, "... d_sae"]:
-    """``f = pre * 1[pre > theta]`` with the SAE's learned threshold ``theta: [d_sae]``."""
-    return pre * (pre > sae.threshold)
+    """``f = ReLU(pre) * 1[pre > theta]`` with the SAE's threshold ``theta: [d_sae]``
+    (SAELens's JumpReLU; the ReLU matters only where ``theta < 0``)."""
+    return F.relu(pre) * (pre > sae.threshold)
 
 
 def weighted_l1(sae: SAE, f: Float[Tensor, "batch d_sae"], lam: float) -> Float[Tensor, ""]:
@@ -189,8 +203,11 @@ class SAEConfig:
             raise ValueError(f"k must be in [1, d_sae={self.d_sae}], got {self.k}")
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {list(_DTYPES)}, got {self.dtype!r}")
-        if self.normalize_activations != "none":
-            raise ValueError("only normalize_activations='none' is supported (fold scaling in)")
+        if self.normalize_activations not in NORMALIZATIONS:
+            raise ValueError(
+                f"normalize_activations={self.normalize_activations!r} is not supported "
+                f"(one of {NORMALIZATIONS})"
+            )
         if self.apply_b_dec_to_input is None:
             self.apply_b_dec_to_input = arch.subtract_b_dec
         self._check_auxk(arch)
@@ -278,10 +295,47 @@ class SAE(nn.Module):
         if x.shape[-1] != self.cfg.d_in:
             raise ValueError(f"SAE expects d_in={self.cfg.d_in}, got shape {tuple(x.shape)}")
 
+    def normalize_in(self, x: Float[Tensor, "... d_in"]) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """SAELens's run-time input normalisation, per token, and the statistics that
+        :meth:`normalize_out` needs to undo it (``cfg.normalize_activations``):
+
+        - ``"constant_norm_rescale"``: ``x * c`` with ``c = sqrt(d_in) / ||x||``;
+        - ``"layer_norm"``: ``(x - mu) / (std + 1e-5)``, ``std`` the unbiased standard
+          deviation of ``x - mu`` over ``d_in``;
+        - otherwise ``x`` unchanged (``"expected_average_only_in"`` and
+          ``"covariance_whitening"`` act in SAELens's activation store, not in the SAE).
+        """
+        mode = self.cfg.normalize_activations
+        if mode == "constant_norm_rescale":
+            coeff = (self.cfg.d_in**0.5) / x.norm(dim=-1, keepdim=True)
+            return x * coeff, (coeff,)
+        if mode == "layer_norm":
+            mu = x.mean(dim=-1, keepdim=True)
+            x = x - mu
+            std = x.std(dim=-1, keepdim=True)
+            return x / (std + _LAYER_NORM_EPS), (mu, std)
+        return x, ()
+
+    def normalize_out(
+        self, x_hat: Float[Tensor, "... d_in"], stats: tuple[Tensor, ...]
+    ) -> Float[Tensor, "... d_in"]:
+        """Undo :meth:`normalize_in` on a reconstruction: ``x_hat / c`` or
+        ``x_hat * std + mu``."""
+        mode = self.cfg.normalize_activations
+        if mode == "constant_norm_rescale":
+            return x_hat / stats[0]
+        if mode == "layer_norm":
+            return x_hat * stats[1] + stats[0]
+        return x_hat
+
     def hidden_pre(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_sae"]:
-        """Pre-activations ``(x - a b_dec) W_enc + b_enc``."""
+        """Pre-activations ``(n(x) - a b_dec) W_enc + b_enc`` (``n``: :meth:`normalize_in`,
+        the identity unless ``cfg.normalize_activations`` says otherwise; as in SAELens
+        :meth:`decode` then undoes it with the statistics of this ``x``)."""
         self._check(x)
         x = x.to(self.W_enc.dtype)
+        if self.cfg.normalize_activations in _STATEFUL:
+            x, self._norm_stats = self.normalize_in(x)
         if self.cfg.apply_b_dec_to_input:
             x = x - self.b_dec
         return x @ self.W_enc + self.b_enc
@@ -299,8 +353,19 @@ class SAE(nn.Module):
         return self.activate(self.hidden_pre(x))
 
     def decode(self, f: Float[Tensor, "... d_sae"]) -> Float[Tensor, "... d_in"]:
-        """``x_hat = f W_dec + b_dec``."""
-        return f @ self.W_dec + self.b_dec
+        """``x_hat = f W_dec + b_dec`` (then, with a ``"constant_norm_rescale"`` or
+        ``"layer_norm"`` normalisation, undone with the statistics of the input the last
+        :meth:`encode` saw, as SAELens does; ``sae(x)`` pairs them)."""
+        x_hat = f @ self.W_dec + self.b_dec
+        if self.cfg.normalize_activations not in _STATEFUL:
+            return x_hat
+        stats = self.__dict__.pop("_norm_stats", None)
+        if stats is None:
+            raise ValueError(
+                f"decode() with normalize_activations={self.cfg.normalize_activations!r} "
+                "undoes the normalisation of the input encode() saw: call encode(x) first"
+            )
+        return self.normalize_out(x_hat, stats)
 
     def forward(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_in"]:
         return self.decode(self.encode(x))
@@ -360,6 +425,11 @@ class SAE(nn.Module):
         """
         if rescale_acts_by_decoder_norm and self.arch.decoder_norm != "rescale":
             raise ValueError("rescale_acts_by_decoder_norm is only for the 'topk' architecture")
+        if self.cfg.normalize_activations != "none":
+            raise ValueError(
+                f"training with normalize_activations={self.cfg.normalize_activations!r} "
+                "is not supported: normalise the activations before training"
+            )
         pre = self.hidden_pre(x)
         w_dec = self.W_dec
         if rescale_acts_by_decoder_norm:

@@ -20,6 +20,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from decoding_gpt.device import progress_bar
 from decoding_gpt.sae.model import SAE
 
 
@@ -131,7 +132,8 @@ def train_sae(
             after every step (Bricken et al. 2023; Gao et al. 2024).
 
     With ``sae.cfg.use_auxk`` the loss of each step includes AuxK on the latents that
-    have been dead for ``cfg.dead_steps`` steps before it.
+    have been dead for ``cfg.dead_steps`` steps before it. A tqdm progress bar shows the
+    steps and the last logged loss; ``TQDM_DISABLE=1`` turns it off.
     """
     it: Iterator[Tensor] = iter(batches)
     opt = torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999))
@@ -148,7 +150,8 @@ def train_sae(
     firing = _Firing.zeros(sae.cfg.d_sae, sae.W_dec.device)
     losses: list[float] = []
     n_tokens = 0
-    for step in range(n_steps):
+    bar = progress_bar(range(n_steps), desc="train_sae")
+    for step in bar:
         x = next(it).to(sae.W_dec.device, sae.W_dec.dtype)
         if step == 0 and init_b_dec and sae.cfg.apply_b_dec_to_input:
             sae.b_dec.data = x.mean(0)
@@ -161,6 +164,8 @@ def train_sae(
         n_tokens += x.shape[0]
         if step % log_every == 0 or step == n_steps - 1:
             losses.append(loss.item())
+            bar.set_postfix(loss=f"{losses[-1]:.4g}", refresh=False)
+    bar.close()
     if rescale:
         sae.fold_decoder_norm()  # unit rows, same outputs: the SAE saved/used as usual
     return TrainResult(losses=losses, n_tokens=n_tokens, fire_counts=firing.counts.cpu())

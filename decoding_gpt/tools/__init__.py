@@ -11,5 +11,32 @@
 * ``python -m decoding_gpt.tools.scaling_sweep --out FILE`` (``dgpt-scaling-sweep``): train
   the scaling family and fit ``L(N)`` (:mod:`~decoding_gpt.tools.scaling_sweep`);
 * ``python -m decoding_gpt.tools.homework {make-student,grade}`` (``dgpt-homework``):
-  student notebooks from solutions, and the grader (:mod:`~decoding_gpt.tools.homework`).
+  student notebooks from solutions, and the grader (:mod:`~decoding_gpt.tools.homework`);
+* ``python -m decoding_gpt.tools.export_hf NAME OUT`` (``dgpt-export-hf``): a shipped model
+  as an HF folder for ``AutoModelForCausalLM``/``AutoTokenizer``
+  (:mod:`~decoding_gpt.tools.export_hf`).
 """
+
+from __future__ import annotations
+
+import sys
+from importlib.metadata import entry_points
+from pathlib import PureWindowsPath
+
+
+def prog(module: str) -> str:
+    """The program name for ``module``'s usage line: the name it was invoked by.
+
+    Run as a console script (``dgpt-train --help``), ``sys.argv[0]`` is the script, and the
+    usage line shows ``dgpt-train``; run as ``python -m decoding_gpt.tools.train`` (or by
+    ``torchrun -m``, or called from Python) it shows ``python -m decoding_gpt.tools.train``.
+    A script counts only if it is one of this package's console scripts for ``module``.
+    """
+    # PureWindowsPath splits on "/" and "\\" alike.
+    invoked = PureWindowsPath(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    for suffix in (".exe", "-script.py"):  # the launchers pip writes on Windows
+        invoked = invoked.removesuffix(suffix)
+    scripts = entry_points(group="console_scripts", name=invoked) if invoked else ()
+    if any(script.value.split(":")[0].strip() == module for script in scripts):
+        return invoked
+    return f"python -m {module}"

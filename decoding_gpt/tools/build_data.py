@@ -40,6 +40,7 @@ from decoding_gpt.data.stories import (
 )
 from decoding_gpt.data.world import CHARACTERS, COLORS, PETS, RIVERS, TOWNS
 from decoding_gpt.tokenizer import train_hf_bpe
+from decoding_gpt.tools import prog
 
 N_STORY_DOCS = 3000
 
@@ -92,7 +93,9 @@ def check_tokenizer(tok: Tokenizer, corpus: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog=prog("decoding_gpt.tools.build_data"), description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--out", type=Path, default=TOKENIZER_DIR)
     parser.add_argument("--corpus", choices=[*CORPORA, "all"], default="all")
     args = parser.parse_args(argv)

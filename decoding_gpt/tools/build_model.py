@@ -45,7 +45,7 @@ from decoding_gpt.device import machine_description
 from decoding_gpt.evals import fact_recall_correct, greater_than_probability, ioi_logit_difference
 from decoding_gpt.heads import induction_score_on_repeated_tokens
 from decoding_gpt.pretrained import registry
-from decoding_gpt.tools import build_modadd
+from decoding_gpt.tools import build_modadd, prog
 from decoding_gpt.tools.string_probe import evaluate_string_probe
 from decoding_gpt.tools.train import main as train_main
 from decoding_gpt.transformer import GPT
@@ -389,7 +389,7 @@ def register(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m decoding_gpt.tools.build_model")
+    parser = argparse.ArgumentParser(prog=prog("decoding_gpt.tools.build_model"))
     parser.add_argument("name", choices=sorted(SPECS))
     parser.add_argument("--checkpoint", help="evaluate this existing run instead of training")
     parser.add_argument("--out", help="run directory (default runs/NAME)")

@@ -9,6 +9,7 @@ from pathlib import Path
 from decoding_gpt.homework.grade import grade
 from decoding_gpt.homework.sandbox import Limits
 from decoding_gpt.homework.student import write_students
+from decoding_gpt.tools import prog
 
 DEFAULT_SOLUTIONS = "homework/*/solution.ipynb"
 
@@ -50,7 +51,7 @@ def _grade(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m decoding_gpt.tools.homework")
+    parser = argparse.ArgumentParser(prog=prog("decoding_gpt.tools.homework"))
     commands = parser.add_subparsers(dest="command", required=True)
 
     make = commands.add_parser("make-student", help="write student.ipynb beside each solution")

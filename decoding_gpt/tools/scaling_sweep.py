@@ -32,6 +32,7 @@ from decoding_gpt.scaling import (
     fit_power_law,
     train_size_sweep,
 )
+from decoding_gpt.tools import prog
 
 DEFAULT_WIDTHS = (16, 24, 32, 48, 64, 96)
 DEFAULT_DEPTHS = (1, 1, 2, 2, 2, 3)
@@ -59,7 +60,7 @@ def save_sweep_weights(rows: Sequence[SweepRow], directory: Path) -> list[dict[s
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m decoding_gpt.tools.scaling_sweep",
+        prog=prog("decoding_gpt.tools.scaling_sweep"),
         description="Train a family of GPT sizes on the stories corpus at a fixed token "
         "budget, fit L(N), and write the table as JSON.",
     )

@@ -58,6 +58,7 @@ from decoding_gpt.checkpoint import CheckpointError, load_checkpoint
 from decoding_gpt.data import load_token_array
 from decoding_gpt.data.synthetic import plant_repeated_spans, random_tokens
 from decoding_gpt.device import set_seed
+from decoding_gpt.tools import prog
 from decoding_gpt.training import TrainConfig, init_distributed, train
 from decoding_gpt.transformer import GPT, GPTConfig
 
@@ -214,7 +215,7 @@ def _check_vocab(arr: np.ndarray | None, d_vocab: int, what: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m decoding_gpt.tools.train", description="Train a GPT from a TOML config."
+        prog=prog("decoding_gpt.tools.train"), description="Train a GPT from a TOML config."
     )
     parser.add_argument("config", help="TOML file with [model], [data], [train] tables")
     parser.add_argument(
