@@ -52,6 +52,7 @@ test-gpu:
 lint:
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format:
 	$(BIN)/ruff check --fix .

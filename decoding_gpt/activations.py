@@ -124,7 +124,7 @@ def collect_activations(
         stored.append(activation.detach())
 
     token_list = _as_list(token_batches)
-    mask_list: list[Tensor | None] = [None] * len(token_list) if mask is None else _as_list(mask)
+    mask_list: list[Tensor | None] = [None] * len(token_list) if mask is None else [*_as_list(mask)]
     if len(mask_list) != len(token_list):
         raise ValueError(f"{len(token_list)} token batches but {len(mask_list)} masks")
     for tokens, batch_mask in zip(token_list, mask_list, strict=True):

@@ -263,6 +263,20 @@ class MultiHeadAttention(nn.Module):
     before RoPE), ``hook_attn_scores``/``hook_pattern`` (``[batch, head, q, k]``), ``hook_z``.
     """
 
+    # Set with setattr in __init__; declared here for the type checker.
+    W_Q: nn.Parameter
+    W_K: nn.Parameter
+    W_V: nn.Parameter
+    b_Q: nn.Parameter
+    b_K: nn.Parameter
+    b_V: nn.Parameter
+    hook_q: nn.Module
+    hook_k: nn.Module
+    hook_v: nn.Module
+    hook_attn_scores: nn.Module
+    hook_pattern: nn.Module
+    hook_z: nn.Module
+
     def __init__(
         self,
         d_model: int,

@@ -28,9 +28,9 @@ import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -88,7 +88,7 @@ def config_sha256(config: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _write_atomic(path: Path, write) -> None:
+def _write_atomic(path: Path, write: Callable[[Path], object]) -> None:
     """Write through a temporary file and rename, so a crash never leaves half a file."""
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
@@ -127,7 +127,7 @@ def _shared_with(state: Mapping[str, torch.Tensor]) -> dict[str, set[str]]:
     for name, t in state.items():
         if t.numel() == 0:
             continue
-        key = (t.untyped_storage().data_ptr(), t.storage_offset())
+        key = (t.untyped_storage().data_ptr(), int(t.storage_offset()))
         by_storage.setdefault(key, set()).add(name)
     return {name: group - {name} for group in by_storage.values() for name in group}
 
@@ -165,7 +165,10 @@ def _check_finite(path: Path, tensors: Mapping[str, Tensor]) -> None:
             )
 
 
-def load_weights(path: str | os.PathLike, model: nn.Module) -> nn.Module:
+M = TypeVar("M", bound=nn.Module)
+
+
+def load_weights(path: str | os.PathLike, model: M) -> M:
     """Load a safetensors file into ``model`` in place, after checking names and shapes.
 
     Raises:
@@ -366,6 +369,20 @@ def _build_config(config_cls: type, values: dict[str, Any], path: Path) -> Any:
         ) from err
 
 
+@overload
+def load_checkpoint(
+    directory: str | os.PathLike,
+    model_cls: None = None,
+    config_cls: type | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[GPT, Any, dict[str, Any]]: ...
+@overload
+def load_checkpoint(
+    directory: str | os.PathLike,
+    model_cls: type[M],
+    config_cls: type | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[M, Any, dict[str, Any]]: ...
 def load_checkpoint(
     directory: str | os.PathLike,
     model_cls: type[nn.Module] | None = None,

@@ -69,7 +69,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from decoding_gpt.tokenizer import as_pretrained_tokenizer_fast
-from decoding_gpt.transformer import GPT, GPTConfig, next_token_loss
+from decoding_gpt.transformer import GPT, GPTConfig, LayerNorm, next_token_loss
 
 _HF_ACT = {"gelu_new": "gelu_new", "gelu": "gelu", "relu": "relu"}
 
@@ -86,7 +86,7 @@ def _linear_to_heads(W: Tensor, n_heads: int) -> Tensor:
 # --------------------------------------------------------------------------- TransformerLens
 def _tl_state_dict(model: GPT) -> dict[str, Tensor]:
     """Our weights under the bridge's (HF-style) state-dict names."""
-    cfg, sd = model.cfg, {}
+    cfg, sd = model.cfg, dict[str, Tensor]()
     sd["embed.weight"] = model.embed.W_E
     if cfg.positional_embedding_type == "standard":
         sd["pos_embed.weight"] = model.pos_embed.W_pos
@@ -105,7 +105,7 @@ def _tl_state_dict(model: GPT) -> dict[str, Tensor]:
         if not cfg.attn_only:
             sd[p + "mlp.in.weight"], sd[p + "mlp.in.bias"] = block.mlp.W_in.T, block.mlp.b_in
             sd[p + "mlp.out.weight"], sd[p + "mlp.out.bias"] = block.mlp.W_out.T, block.mlp.b_out
-    if cfg.normalization_type == "LN":
+    if isinstance(model.ln_final, LayerNorm):  # normalization_type == "LN"
         sd["ln_final.weight"], sd["ln_final.bias"] = model.ln_final.w, model.ln_final.b
     sd["unembed.weight"], sd["unembed.bias"] = model.unembed.W_U.T, model.unembed.b_U
     return {k: v.detach().clone().contiguous() for k, v in sd.items()}
@@ -126,6 +126,7 @@ def to_transformer_lens(model: GPT, tokenizer: Any = None) -> Any:
             f"positional_embedding_type={cfg.positional_embedding_type!r} has no "
             "TransformerLens native equivalent (it supports 'standard' and 'rotary')"
         )
+    assert cfg.d_head is not None  # set by GPTConfig.__post_init__
     tl_cfg = TransformerBridgeConfig(
         d_model=cfg.d_model, d_head=cfg.d_head, n_layers=cfg.n_layers, n_ctx=cfg.n_ctx,
         d_vocab=cfg.d_vocab, n_heads=cfg.n_heads, d_mlp=cfg.d_mlp, act_fn=cfg.act_fn,
@@ -133,7 +134,10 @@ def to_transformer_lens(model: GPT, tokenizer: Any = None) -> Any:
         positional_embedding_type=cfg.positional_embedding_type, rotary_base=cfg.rotary_base,
         eps=cfg.layer_norm_eps, init_weights=False,
     )  # fmt: skip
-    bridge = TransformerBridge.boot_native(tl_cfg, tokenizer=tokenizer, device=model.device)
+    # TL attaches boot_native with setattr (model_bridge/sources/native), unseen by mypy
+    bridge = TransformerBridge.boot_native(  # type: ignore[attr-defined]
+        tl_cfg, tokenizer=tokenizer, device=model.device
+    )
     bridge.load_state_dict(_tl_state_dict(model), strict=True)
     return bridge.eval()
 
@@ -195,7 +199,7 @@ def _load_from_tl_state_dict(model: GPT, sd: dict[str, Tensor]) -> None:
                 block.mlp.b_in.copy_(sd[p + "mlp.in.bias"])
                 block.mlp.W_out.copy_(sd[p + "mlp.out.weight"].T)
                 block.mlp.b_out.copy_(sd[p + "mlp.out.bias"])
-        if cfg.normalization_type == "LN":
+        if isinstance(model.ln_final, LayerNorm):  # normalization_type == "LN"
             model.ln_final.w.copy_(sd["ln_final.weight"])
             model.ln_final.b.copy_(sd["ln_final.bias"])
         model.unembed.W_U.copy_(sd["unembed.weight"].T)
@@ -207,6 +211,7 @@ UnembedBias = Literal["fold", "drop", "refuse"]
 
 
 def _check_hf_compatible(cfg: GPTConfig) -> None:
+    assert cfg.d_head is not None  # set by GPTConfig.__post_init__
     problems = []
     if cfg.normalization_type != "LN":
         problems.append("GPT-2 needs LayerNorm (normalization_type='LN')")
@@ -251,6 +256,8 @@ def fold_unembed_bias(model: GPT) -> GPT:
             f"{model.cfg.normalization_type!r}"
         )
     folded = copy.deepcopy(model)
+    # normalization_type == "LN": the final norm is a LayerNorm
+    assert isinstance(model.ln_final, LayerNorm) and isinstance(folded.ln_final, LayerNorm)
     dtype = model.unembed.W_U.dtype
     w, b = model.ln_final.w.double(), model.ln_final.b.double()  # [d_model]
     W_U, b_U = (
@@ -329,12 +336,14 @@ def to_hf_gpt2(model: GPT, unembed_bias: UnembedBias = "fold") -> Any:
         bos_token_id=special, eos_token_id=special,
     )  # fmt: skip
     hf = GPT2LMHeadModel(hf_cfg)
-    sd = {
+    assert isinstance(model.ln_final, LayerNorm)  # _check_hf_compatible: LayerNorm
+    sd: dict[str, Tensor] = {
         "transformer.wte.weight": model.embed.W_E,
         "transformer.wpe.weight": model.pos_embed.W_pos,
     }
     for layer, block in enumerate(model.blocks):
         p, attn = f"transformer.h.{layer}.", block.attn
+        assert isinstance(block.ln1, LayerNorm) and isinstance(block.ln2, LayerNorm)
         qkv = [einops.rearrange(getattr(attn, f"W_{x}"), "h m e -> m (h e)") for x in "QKV"]
         sd[p + "attn.c_attn.weight"] = torch.cat(qkv, dim=1)  # Conv1D: [in, out]
         sd[p + "attn.c_attn.bias"] = torch.cat(
@@ -354,7 +363,8 @@ def to_hf_gpt2(model: GPT, unembed_bias: UnembedBias = "fold") -> Any:
     missing = [k for k in missing if not k.endswith((".attn.bias", ".attn.masked_bias"))]
     if missing or unexpected:
         raise RuntimeError(f"HF GPT-2 weight mismatch: missing {missing}, unexpected {unexpected}")
-    return hf.to(model.device).eval()
+    # transformers types PreTrainedModel.to through a decorator that drops its signature
+    return hf.to(model.device).eval()  # type: ignore[arg-type]
 
 
 def from_hf_gpt2(hf_model: Any) -> GPT:
@@ -382,6 +392,7 @@ def from_hf_gpt2(hf_model: Any) -> GPT:
         model.pos_embed.W_pos.copy_(sd["transformer.wpe.weight"])
         for layer, block in enumerate(model.blocks):
             p, attn = f"transformer.h.{layer}.", block.attn
+            assert isinstance(block.ln1, LayerNorm) and isinstance(block.ln2, LayerNorm)  # LN
             W_qkv, b_qkv = sd[p + "attn.c_attn.weight"], sd[p + "attn.c_attn.bias"]
             for i, x in enumerate("QKV"):
                 W = W_qkv[:, i * d : (i + 1) * d]
@@ -395,6 +406,7 @@ def from_hf_gpt2(hf_model: Any) -> GPT:
             block.mlp.b_in.copy_(sd[p + "mlp.c_fc.bias"])
             block.mlp.W_out.copy_(sd[p + "mlp.c_proj.weight"])
             block.mlp.b_out.copy_(sd[p + "mlp.c_proj.bias"])
+        assert isinstance(model.ln_final, LayerNorm)  # GPTConfig's default: LN
         model.ln_final.w.copy_(sd["transformer.ln_f.weight"])
         model.ln_final.b.copy_(sd["transformer.ln_f.bias"])
         W_U = sd.get("lm_head.weight", sd["transformer.wte.weight"])  # tied: lm_head is wte
@@ -481,7 +493,8 @@ def export_hf(
             special_token=tok.eos_token,
         )  # fmt: skip
     )
-    loaded = AutoModelForCausalLM.from_pretrained(out).to(model.device).eval()
+    # transformers types PreTrainedModel.to through a decorator that drops its signature
+    loaded = AutoModelForCausalLM.from_pretrained(out).to(model.device).eval()  # type: ignore[arg-type]
     reloaded_tok = AutoTokenizer.from_pretrained(out)
     if len(reloaded_tok) != len(tok) or reloaded_tok.eos_token_id != special:
         raise RuntimeError(f"the tokenizer written to {out} does not read back the same")

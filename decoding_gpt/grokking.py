@@ -152,7 +152,8 @@ class GrokTrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        self.betas = tuple(self.betas)  # TOML gives a list
+        b1, b2 = self.betas  # TOML gives a list
+        self.betas = (b1, b2)
         if self.steps < 1 or self.log_every < 1:
             raise ValueError(
                 f"steps and log_every must be >= 1, got {self.steps}, {self.log_every}"

@@ -40,17 +40,18 @@ the other way round. *Misleads:* ignores positional embeddings, LayerNorm and la
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
-from torch import Tensor, nn
+from torch import Tensor
 from transformer_lens.FactoredMatrix import FactoredMatrix
 
 from decoding_gpt.data.synthetic import repeated_random_tokens
-from decoding_gpt.hooks import hook_name, model_weight, n_layers
+from decoding_gpt.hooks import HookedModel, hook_name, model_weight, n_layers
 
 # --------------------------------------------------------------------------------------
 # Pattern scores: pattern [batch, head, q, k] -> [head]
@@ -119,7 +120,7 @@ def induction_score(
     return _masked_score(pattern, ideal)
 
 
-SCORES = {
+SCORES: dict[str, Callable[..., Tensor]] = {
     "previous_token": previous_token_score,
     "first_token": first_token_score,
     "duplicate_token": duplicate_token_score,
@@ -128,7 +129,7 @@ SCORES = {
 
 
 def head_scores(
-    model: nn.Module,
+    model: HookedModel,
     tokens: Int[Tensor, "batch pos"],
     kind: Literal["previous_token", "first_token", "duplicate_token", "induction"],
     cache: Any | None = None,
@@ -160,7 +161,7 @@ class InductionResult:
 
 
 def induction_score_on_repeated_tokens(
-    model: nn.Module, seq_len: int, batch: int = 8, seed: int = 0, prefix: int | None = None
+    model: HookedModel, seq_len: int, batch: int = 8, seed: int = 0, prefix: int | None = None
 ) -> InductionResult:
     """Induction scores (per layer and head) and losses on repeated random tokens.
 
@@ -203,24 +204,24 @@ def composition_score(W_A: Float[Tensor, "... a b"], W_B: Float[Tensor, "... b c
     return num / (torch.linalg.matrix_norm(W_A) * torch.linalg.matrix_norm(W_B))
 
 
-def _head_weights(model: nn.Module, layer: int) -> dict[str, Tensor]:
+def _head_weights(model: HookedModel, layer: int) -> dict[str, Tensor]:
     attn = model.blocks[layer].attn
     return {n: getattr(attn, n) for n in ("W_Q", "W_K", "W_V", "W_O")}  # [head, ...]
 
 
-def ov_matrix(model: nn.Module, layer: int) -> Float[Tensor, "head d_model d_model"]:
+def ov_matrix(model: HookedModel, layer: int) -> Float[Tensor, "head d_model d_model"]:
     """``W_OV = W_V W_O`` of every head in ``layer`` (dense)."""
     w = _head_weights(model, layer)
     return w["W_V"] @ w["W_O"]
 
 
-def qk_matrix(model: nn.Module, layer: int) -> Float[Tensor, "head d_model d_model"]:
+def qk_matrix(model: HookedModel, layer: int) -> Float[Tensor, "head d_model d_model"]:
     """``W_QK = W_Q W_K^T`` of every head in ``layer`` (dense)."""
     w = _head_weights(model, layer)
     return w["W_Q"] @ w["W_K"].transpose(-1, -2)
 
 
-def _factors(model: nn.Module, kind: str) -> tuple[Tensor, Tensor]:
+def _factors(model: HookedModel, kind: str) -> tuple[Tensor, Tensor]:
     """Low-rank factors ``(L, R)`` with ``W = L R``, stacked ``[layer, head, ...]``."""
     ws = [_head_weights(model, layer) for layer in range(n_layers(model))]
     W = {n: torch.stack([w[n] for w in ws]) for n in ("W_Q", "W_K", "W_V", "W_O")}
@@ -237,7 +238,7 @@ def _gram(L: Tensor, R: Tensor) -> tuple[Tensor, Tensor]:
 
 @torch.no_grad()
 def composition_scores(
-    model: nn.Module, kind: Literal["Q", "K", "V"]
+    model: HookedModel, kind: Literal["Q", "K", "V"]
 ) -> Float[Tensor, "layer_a head_a layer_b head_b"]:
     """Composition score of every earlier head A into every later head B (0 where not later).
 
@@ -263,14 +264,14 @@ def composition_scores(
     return scores * later[:, None, :, None].to(scores)
 
 
-def full_ov_circuit(model: nn.Module, layer: int, head: int) -> FactoredMatrix:
+def full_ov_circuit(model: HookedModel, layer: int, head: int) -> FactoredMatrix:
     """``W_E W_V W_O W_U`` as a ``[d_vocab, d_vocab]`` FactoredMatrix (source token -> logits)."""
     w = _head_weights(model, layer)
     W_E, W_U = model_weight(model, "W_E"), model_weight(model, "W_U")
     return FactoredMatrix(W_E @ w["W_V"][head], w["W_O"][head] @ W_U)
 
 
-def full_qk_circuit(model: nn.Module, layer: int, head: int) -> FactoredMatrix:
+def full_qk_circuit(model: HookedModel, layer: int, head: int) -> FactoredMatrix:
     """``W_E W_Q W_K^T W_E^T`` as a ``[d_vocab, d_vocab]`` FactoredMatrix (query x key token).
 
     Token embeddings only: positional embeddings and LayerNorm are left out.
@@ -281,13 +282,13 @@ def full_qk_circuit(model: nn.Module, layer: int, head: int) -> FactoredMatrix:
 
 
 @torch.no_grad()
-def copying_score(model: nn.Module, layer: int, head: int) -> float:
+def copying_score(model: HookedModel, layer: int, head: int) -> float:
     """``sum Re(lambda) / sum |lambda|`` over the eigenvalues of the full OV circuit."""
     eig = full_ov_circuit(model, layer, head).eigenvalues
     return float(eig.real.sum() / eig.abs().sum())
 
 
-def copying_scores(model: nn.Module) -> Float[Tensor, "layer head"]:
+def copying_scores(model: HookedModel) -> Float[Tensor, "layer head"]:
     """:func:`copying_score` for every head."""
     H = int(model.cfg.n_heads)
     return torch.tensor(

@@ -10,7 +10,14 @@ hides that.
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from typing import Any
+
+from torch import Tensor
+
+# A model the helpers below (and the analyses built on them) take: our GPT or a
+# TransformerLens TransformerBridge. They share hook names and ``cfg``, not a base class
+# this module could name (GPT is defined above it), so to the type checker it is Any.
+HookedModel = Any
 
 HOOKS = {
     "resid_pre": "blocks.{layer}.hook_resid_pre",
@@ -34,7 +41,7 @@ def hook_name(kind: str, layer: int) -> str:
     return HOOKS[kind].format(layer=layer)
 
 
-def model_weight(model: nn.Module, name: str) -> Tensor:
+def model_weight(model: HookedModel, name: str) -> Tensor:
     """``W_E``, ``W_pos``, ``W_U`` or ``b_U``: on the model (bridge) or its submodule (GPT)."""
     owner = {"W_E": "embed", "W_pos": "pos_embed", "W_U": "unembed", "b_U": "unembed"}[name]
     if hasattr(model, name):
@@ -42,6 +49,6 @@ def model_weight(model: nn.Module, name: str) -> Tensor:
     return getattr(getattr(model, owner), name)
 
 
-def n_layers(model: nn.Module) -> int:
+def n_layers(model: HookedModel) -> int:
     """Number of transformer blocks (``model.cfg.n_layers``)."""
     return int(model.cfg.n_layers)

@@ -57,14 +57,14 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from decoding_gpt.hooks import hook_name, model_weight, n_layers
+from decoding_gpt.hooks import HookedModel, hook_name, model_weight, n_layers
 
 
 def _in_cache(cache: Any, name: str) -> bool:
     return name in cache.keys()  # noqa: SIM118 (caches need not define __contains__)
 
 
-def _final_ln_params(model: nn.Module) -> tuple[str | None, Tensor | None, Tensor | None]:
+def _final_ln_params(model: HookedModel) -> tuple[str | None, Tensor | None, Tensor | None]:
     """(normalization type, weight, bias) of ``ln_final``; type None means no LayerNorm."""
     norm = getattr(model.cfg, "normalization_type", None)
     if norm is None:
@@ -76,7 +76,7 @@ def _final_ln_params(model: nn.Module) -> tuple[str | None, Tensor | None, Tenso
 
 
 def apply_final_ln_frozen(
-    model: nn.Module,
+    model: HookedModel,
     stack: Float[Tensor, "*lead batch d_model"],
     scale: Float[Tensor, "batch 1"] | None,
     include_bias: bool = False,
@@ -106,7 +106,7 @@ def apply_final_ln_frozen(
 
 
 def residual_stack(
-    model: nn.Module, cache: Any
+    model: HookedModel, cache: Any
 ) -> tuple[Float[Tensor, "n_layers_plus_1 batch pos d_model"], list[str]]:
     """The residual stream before each layer and after the last: ``x_0 .. x_L`` and labels."""
     L = n_layers(model)
@@ -117,7 +117,7 @@ def residual_stack(
 
 
 def unembed_with_final_ln(
-    model: nn.Module, resid: Float[Tensor, "... d_model"]
+    model: HookedModel, resid: Float[Tensor, "... d_model"]
 ) -> Float[Tensor, "... d_vocab"]:
     """``LN_final(resid) W_U + b_U``; LN recomputes its own scale for each vector.
 
@@ -135,7 +135,7 @@ def unembed_with_final_ln(
 
 
 def logit_lens(
-    model: nn.Module, cache: Any, pos: int | slice | None = None
+    model: HookedModel, cache: Any, pos: int | slice | None = None
 ) -> tuple[Float[Tensor, "n_layers_plus_1 batch pos d_vocab"], list[str]]:
     """Logit lens through the final LayerNorm for every layer: ``LN_final(x_l) W_U + b_U``.
 
@@ -151,7 +151,7 @@ def logit_lens(
 
 
 def logit_lens_top_k(
-    model: nn.Module, tokens: Int[Tensor, "batch pos"], k: int = 5, pos: int = -1, batch: int = 0
+    model: HookedModel, tokens: Int[Tensor, "batch pos"], k: int = 5, pos: int = -1, batch: int = 0
 ) -> tuple[Int[Tensor, "n_layers_plus_1 k"], Float[Tensor, "n_layers_plus_1 k"], list[str]]:
     """Top-``k`` token ids and probabilities of the logit lens at one position, per layer."""
     with torch.no_grad():
@@ -173,7 +173,7 @@ class TunedLens(nn.Module):
     final residual (``layer == n_layers``) is decoded without a translator.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: HookedModel):
         super().__init__()
         d_model, L = int(model.cfg.d_model), n_layers(model)
         self.A = nn.Parameter(torch.zeros(L, d_model, d_model))
@@ -206,7 +206,7 @@ def _kl_to_final(
 
 
 def _collect_residuals(
-    model: nn.Module, batches: Iterable[Int[Tensor, "batch pos"]]
+    model: HookedModel, batches: Iterable[Int[Tensor, "batch pos"]]
 ) -> tuple[Float[Tensor, "n_layers_plus_1 n d_model"], Float[Tensor, "n d_vocab"]]:
     resids, finals = [], []
     with torch.no_grad():
@@ -219,7 +219,7 @@ def _collect_residuals(
 
 
 def lens_kl(
-    model: nn.Module, tokens: Int[Tensor, "batch pos"], lens: TunedLens | None = None
+    model: HookedModel, tokens: Int[Tensor, "batch pos"], lens: TunedLens | None = None
 ) -> Float[Tensor, " n_layers_plus_1"]:
     """Per layer, mean ``KL(final || lens)`` over all positions; logit lens if ``lens`` is None."""
     resid, final = _collect_residuals(model, [tokens])
@@ -235,7 +235,7 @@ def lens_kl(
 
 
 def train_tuned_lens(
-    model: nn.Module,
+    model: HookedModel,
     batches: Iterable[Int[Tensor, "batch pos"]],
     n_steps: int = 200,
     lr: float = 1e-3,
@@ -255,6 +255,7 @@ def train_tuned_lens(
         loss = sum(
             _kl_to_final(final, lens(resid[layer], layer)) for layer in range(resid.shape[0] - 1)
         )
+        assert isinstance(loss, Tensor)  # a sum of n_layers >= 1 tensors, not the empty 0
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -267,7 +268,7 @@ def train_tuned_lens(
 
 
 def logit_diff_direction(
-    model: nn.Module, answer_tokens: Int[Tensor, "batch 2"]
+    model: HookedModel, answer_tokens: Int[Tensor, "batch 2"]
 ) -> Float[Tensor, "batch d_model"]:
     """``W_U[:, a] - W_U[:, b]`` for each row ``(a, b)`` = (correct, distractor)."""
     if answer_tokens.ndim != 2 or answer_tokens.shape[1] != 2:
@@ -288,7 +289,7 @@ def _unit_outputs(
 
 
 def _components(
-    model: nn.Module, cache: Any, pos: int, by: str
+    model: HookedModel, cache: Any, pos: int, by: str
 ) -> tuple[list[Float[Tensor, "batch d_model"]], list[str]]:
     """Every additive piece of the final residual at ``pos`` (biases as their own pieces)."""
     comps: list[Tensor] = [cache["hook_embed"][:, pos]]
@@ -318,7 +319,7 @@ def _components(
 
 
 def direct_logit_attribution(
-    model: nn.Module,
+    model: HookedModel,
     cache: Any,
     answer_tokens: Int[Tensor, "batch 2"],
     pos: int = -1,

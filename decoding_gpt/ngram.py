@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -322,7 +322,9 @@ class UniformModel:
         return torch.full((len(ids),), -math.log(self.vocab_size), dtype=torch.float64)
 
 
-def perplexity(model: NGramModel | UniformModel, ids: Sequence[int] | Tensor, **kwargs) -> float:
+def perplexity(
+    model: NGramModel | UniformModel, ids: Sequence[int] | Tensor, **kwargs: Any
+) -> float:
     """``exp(-mean_t log P(x_t | context))``: the effective number of equally likely choices.
 
     ``kwargs`` go to ``model.log_probs`` (e.g. ``k=1`` for add-one smoothing).

@@ -68,13 +68,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from decoding_gpt.hooks import hook_name, n_layers
+from decoding_gpt.hooks import HookedModel, hook_name, n_layers
 
 Metric = Callable[[Float[Tensor, "batch pos d_vocab"]], Tensor]
 Direction = Literal["denoising", "noising"]
@@ -99,6 +99,10 @@ def logit_diff_metric(answer_tokens: Int[Tensor, "batch 2"], pos: int = -1) -> M
     return metric
 
 
+@overload
+def normalized_metric(patched: Tensor, clean: float, corrupt: float) -> Tensor: ...
+@overload
+def normalized_metric(patched: float, clean: float, corrupt: float) -> float: ...
 def normalized_metric(patched: Tensor | float, clean: float, corrupt: float) -> Tensor | float:
     """``(patched - corrupt) / (clean - corrupt)``: 1 = clean behaviour, 0 = corrupt behaviour."""
     clean, corrupt = float(clean), float(corrupt)
@@ -108,7 +112,7 @@ def normalized_metric(patched: Tensor | float, clean: float, corrupt: float) -> 
 
 
 def metric_baselines(
-    model: nn.Module, clean_tokens: Tensor, corrupt_tokens: Tensor, metric: Metric
+    model: HookedModel, clean_tokens: Tensor, corrupt_tokens: Tensor, metric: Metric
 ) -> tuple[float, float]:
     """``(metric(clean run), metric(corrupt run))``."""
     with torch.no_grad():
@@ -132,14 +136,14 @@ def _check_pair(clean: Tensor, corrupt: Tensor) -> None:
         )
 
 
-def _cache(model: nn.Module, tokens: Tensor, names: set[str]) -> dict[str, Tensor]:
+def _cache(model: HookedModel, tokens: Tensor, names: set[str]) -> dict[str, Tensor]:
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
     return {n: cache[n] for n in names}
 
 
 def _run_chunks(
-    model: nn.Module,
+    model: HookedModel,
     base: Int[Tensor, "batch pos"],
     n_variants: int,
     make_hooks: Callable[[int, int], list[tuple[str, Callable]]],
@@ -170,7 +174,7 @@ def _run_chunks(
 
 
 def _run_expanding(
-    model: nn.Module,
+    model: HookedModel,
     base: Int[Tensor, "batch pos"],
     cells: list[tuple[int, int, int]],
     src: dict[str, Tensor],
@@ -210,7 +214,7 @@ def _run_expanding(
     return out
 
 
-def _cells(model: nn.Module, kind: str, n_pos: int, by_pos: bool) -> list[tuple[int, int, int]]:
+def _cells(model: HookedModel, kind: str, n_pos: int, by_pos: bool) -> list[tuple[int, int, int]]:
     """(layer, pos, head) for every patch; -1 means "all" for pos, "no head axis" for head."""
     L = n_layers(model)
     heads = range(int(model.cfg.n_heads)) if kind in HEAD_KINDS else [-1]
@@ -219,9 +223,12 @@ def _cells(model: nn.Module, kind: str, n_pos: int, by_pos: bool) -> list[tuple[
 
 
 def _patch_hook(
-    cells: list[tuple[int, int, int]], src: Tensor, B: int
+    cells: list[tuple[int, tuple[int, int, int]]], src: Tensor, B: int
 ) -> Callable[[Tensor, Any], Tensor]:
-    """Hook writing ``src`` into the rows of each cell (all cells are in this hook's layer)."""
+    """Hook writing ``src`` into the rows of each cell (all cells are in this hook's layer).
+
+    ``cells`` pairs each variant (its copy of the batch) with the ``(layer, pos, head)``
+    it patches."""
     variant = torch.tensor([i for i, _ in cells])
     pos = torch.tensor([c[1] for _, c in cells])
     head = torch.tensor([c[2] for _, c in cells])
@@ -256,7 +263,7 @@ def _sweep_prompts(
 
 
 def activation_patching(
-    model: nn.Module,
+    model: HookedModel,
     clean_tokens: Int[Tensor, "batch pos"],
     corrupt_tokens: Int[Tensor, "batch pos"],
     metric: Metric,
@@ -310,7 +317,7 @@ def activation_patching(
 
 
 def ablation_hooks(
-    model: nn.Module,
+    model: HookedModel,
     targets: Sequence[tuple[str, int] | tuple[str, int, int]],
     method: Literal["zero", "mean", "resample"] = "zero",
     reference_tokens: Int[Tensor, "ref_batch pos"] | None = None,
@@ -362,7 +369,7 @@ def ablation_hooks(
     hooks = []
     for t in targets:
         kind, layer = t[0], t[1]
-        head = t[2] if len(t) == 3 else None  # type: ignore[misc]
+        head = t[2] if len(t) == 3 else None
         if head is not None and kind not in HEAD_KINDS:
             raise ValueError(f"a head index only applies to {HEAD_KINDS}, not {kind!r}")
         hooks.append((hook_name(kind, layer), make(hook_name(kind, layer), head)))
@@ -370,7 +377,7 @@ def ablation_hooks(
 
 
 def run_with_ablation(
-    model: nn.Module,
+    model: HookedModel,
     tokens: Int[Tensor, "batch pos"],
     targets: Sequence[tuple[str, int] | tuple[str, int, int]],
     method: Literal["zero", "mean", "resample"] = "zero",
@@ -388,7 +395,7 @@ def run_with_ablation(
 
 
 def path_patching(
-    model: nn.Module,
+    model: HookedModel,
     clean_tokens: Int[Tensor, "batch pos"],
     corrupt_tokens: Int[Tensor, "batch pos"],
     metric: Metric,
@@ -428,7 +435,7 @@ def path_patching(
 
 
 def _path_senders(
-    model: nn.Module,
+    model: HookedModel,
     receivers: Sequence[tuple[int, int, str]],
     senders: Sequence[tuple[int, int]] | None,
 ) -> list[tuple[int, int]]:
@@ -449,7 +456,7 @@ def _path_senders(
 
 
 def _cache_path_activations(
-    model: nn.Module,
+    model: HookedModel,
     base: Int[Tensor, "batch pos"],
     source: Int[Tensor, "batch pos"],
     freeze_mlps: bool,
@@ -467,7 +474,7 @@ def _cache_path_activations(
 
 
 def _path_hooks(
-    model: nn.Module,
+    model: HookedModel,
     base: Int[Tensor, "batch pos"],
     base_acts: dict[str, Tensor],
     source_z: dict[str, Tensor],
@@ -506,7 +513,7 @@ def _freeze_hooks(
 
 
 def _record_receivers(
-    model: nn.Module,
+    model: HookedModel,
     base: Int[Tensor, "batch pos"],
     freeze_hooks: list[tuple[str, Callable]],
     receivers: Sequence[tuple[int, int, str]],
@@ -564,7 +571,7 @@ def _write_heads_hook(
 
 
 def _layer_head_grid(
-    model: nn.Module, senders: list[tuple[int, int]], values: Float[Tensor, " n_senders"]
+    model: HookedModel, senders: list[tuple[int, int]], values: Float[Tensor, " n_senders"]
 ) -> Float[Tensor, "layer head"]:
     """``values`` placed at their senders' ``[layer, head]``; NaN where a head sent nothing."""
     out = torch.full((n_layers(model), int(model.cfg.n_heads)), float("nan"))
@@ -574,10 +581,17 @@ def _layer_head_grid(
 
 
 def _freeze_then_patch(
-    base_act: Tensor, src_act: Tensor | None, cells: list, n: int, B: int
+    base_act: Tensor,
+    src_act: Tensor | None,
+    cells: list[tuple[int, tuple[int, int, int]]],
+    n: int,
+    B: int,
 ) -> Callable[[Tensor, Any], Tensor]:
     """Hook: every copy takes the base run's activation, then the listed heads the source's."""
-    patch = _patch_hook(cells, src_act, B) if cells else None
+    patch = None
+    if cells:
+        assert src_act is not None  # cells are listed only where the source run has z
+        patch = _patch_hook(cells, src_act, B)
 
     def hook(act: Tensor, hook: Any) -> Tensor:
         act = base_act.repeat(n, *([1] * (base_act.ndim - 1))).to(act.dtype)
@@ -591,7 +605,7 @@ def _freeze_then_patch(
 
 
 def attribution_patching(
-    model: nn.Module,
+    model: HookedModel,
     clean_tokens: Int[Tensor, "batch pos"],
     corrupt_tokens: Int[Tensor, "batch pos"],
     metric: Metric,
@@ -630,7 +644,7 @@ def attribution_patching(
 
 
 def compare_attribution_to_activation_patching(
-    model: nn.Module,
+    model: HookedModel,
     clean_tokens: Int[Tensor, "batch pos"],
     corrupt_tokens: Int[Tensor, "batch pos"],
     metric: Metric,
@@ -672,7 +686,7 @@ def compare_attribution_to_activation_patching(
 
 
 def steering_vector(
-    model: nn.Module,
+    model: HookedModel,
     positive_tokens: Int[Tensor, "batch pos"],
     negative_tokens: Int[Tensor, "batch2 pos2"],
     layer: int,
@@ -695,7 +709,7 @@ def steering_vector(
 
 @contextmanager
 def steering(
-    model: nn.Module,
+    model: HookedModel,
     vector: Float[Tensor, " d_model"],
     layer: int,
     kind: str = "resid_pre",

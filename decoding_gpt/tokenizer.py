@@ -162,7 +162,10 @@ class WordTokenizer(_VocabTokenizer):
 
     @classmethod
     def from_corpus(
-        cls, text_or_texts: str | Iterable[str], max_vocab: int | None = None, lowercase=False
+        cls,
+        text_or_texts: str | Iterable[str],
+        max_vocab: int | None = None,
+        lowercase: bool = False,
     ) -> WordTokenizer:
         counts = Counter(w for t in _texts(text_or_texts) for w in cls.split(t, lowercase))
         ranked = sorted(counts, key=lambda w: (-counts[w], w))
@@ -311,7 +314,8 @@ class BytePairEncoding:
 
         def order(pair: tuple[int, int]) -> tuple[int, int]:
             # tie-break: bytes in printable-alphabet order, then merged tokens by age
-            return tuple(byte_rank[i] if i < 256 else i for i in pair)
+            a, b = (byte_rank[i] if i < 256 else i for i in pair)
+            return a, b
 
         chunks = Counter(c for t in _texts(text_or_texts) for c in bpe._regex.findall(t))
         words = [list(c.encode("utf-8")) for c in chunks]
@@ -426,9 +430,11 @@ def hf_merges(tok: tokenizers.Tokenizer) -> list[tuple[str, str]]:
     data = json.loads(tok.to_str())
     if data["model"]["type"] != "BPE":
         raise ValueError(f"not a BPE tokenizer: {data['model']['type']}")
-    return [
-        tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in data["model"]["merges"]
-    ]
+    merges = []
+    for m in data["model"]["merges"]:  # "a b" strings (older files) or [a, b] pairs
+        a, b = m.split(" ", 1) if isinstance(m, str) else m
+        merges.append((a, b))
+    return merges
 
 
 def as_pretrained_tokenizer_fast(

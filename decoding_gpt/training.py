@@ -39,10 +39,10 @@ import math
 import os
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -288,7 +288,7 @@ def _resolve_device(cfg: TrainConfig, info: DistInfo) -> torch.device:
     return device
 
 
-def _autocast(device: torch.device, dtype: str):
+def _autocast(device: torch.device, dtype: str) -> AbstractContextManager[Any]:
     if dtype == "bf16" and device.type != "cuda":
         raise ValueError("dtype='bf16' autocast is only used on CUDA; use 'auto' or 'fp32'")
     if dtype in ("auto", "bf16") and device.type == "cuda":
@@ -531,7 +531,8 @@ def _wrap_for_steps(
     """
     step_model = model
     if cfg.compile and device.type == "cuda":
-        step_model = torch.compile(step_model)
+        # cast: torch.compile(module) returns an OptimizedModule, typed as a plain callable
+        step_model = cast(nn.Module, torch.compile(step_model))
     if info.world_size > 1:
         ids = [device.index] if device.type == "cuda" else None
         step_model = nn.parallel.DistributedDataParallel(step_model, device_ids=ids)

@@ -25,8 +25,9 @@ module to the written-out path, so hooks always see the real intermediate values
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
 import torch
 import torch.nn.functional as F
@@ -117,6 +118,7 @@ class GPTConfig:
     @property
     def n_params(self) -> int:
         """Exact number of trainable parameters of ``GPT(self)``."""
+        assert self.d_head is not None and self.d_mlp is not None  # set by __post_init__
         d, h, dh, ln = self.d_model, self.n_heads, self.d_head, self.normalization_type == "LN"
         attn = 4 * h * d * dh + 3 * h * dh + d  # W_Q,K,V,O + b_Q,K,V + b_O
         mlp = 0 if self.attn_only else 2 * d * self.d_mlp + self.d_mlp + d
@@ -151,6 +153,7 @@ class MLP(nn.Module):
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
+        assert cfg.d_mlp is not None  # set by GPTConfig.__post_init__
         self.act = ACT_FNS[cfg.act_fn]
         self.W_in = nn.Parameter(torch.randn(cfg.d_model, cfg.d_mlp) * cfg.init_range)
         self.b_in = nn.Parameter(torch.zeros(cfg.d_mlp))
@@ -207,7 +210,7 @@ class Unembed(nn.Module):
         return linear(x, self.W_U, self.b_U)  # x W_U + b_U
 
 
-def _norm(cfg: GPTConfig) -> nn.Module:
+def _norm(cfg: GPTConfig) -> LayerNorm | nn.Identity:
     return (
         LayerNorm(cfg.d_model, cfg.layer_norm_eps)
         if cfg.normalization_type == "LN"
@@ -220,6 +223,7 @@ class TransformerBlock(nn.Module):
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
+        assert cfg.d_head is not None  # set by GPTConfig.__post_init__
         self.attn_only = cfg.attn_only
         self.ln1 = _norm(cfg)
         self.attn = MultiHeadAttention(
@@ -280,6 +284,20 @@ def next_token_loss(
     return F.cross_entropy(pred.reshape(-1, pred.shape[-1]).float(), target.reshape(-1))
 
 
+if TYPE_CHECKING:
+
+    class _Blocks(nn.ModuleList):
+        """What ``GPT.blocks`` holds, for the type checker only (at run time a ModuleList)."""
+
+        def __iter__(self) -> Iterator[TransformerBlock]: ...
+
+        @overload
+        def __getitem__(self, idx: slice) -> nn.ModuleList: ...
+        @overload
+        def __getitem__(self, idx: int) -> TransformerBlock: ...
+        def __getitem__(self, idx: int | slice) -> TransformerBlock | nn.ModuleList: ...
+
+
 class GPT(HookedRootModule):
     """Decoder-only transformer: ``tokens [batch, pos] -> logits [batch, pos, d_vocab]``.
 
@@ -293,7 +311,10 @@ class GPT(HookedRootModule):
         self.embed, self.hook_embed = Embed(cfg), HookPoint()
         if cfg.positional_embedding_type in ("standard", "sinusoidal"):
             self.pos_embed, self.hook_pos_embed = PosEmbed(cfg), HookPoint()
-        self.blocks = nn.ModuleList([TransformerBlock(cfg) for _ in range(cfg.n_layers)])
+        # cast: nn.ModuleList is not generic (its items are typed Module); these are blocks
+        self.blocks = cast(
+            "_Blocks", nn.ModuleList([TransformerBlock(cfg) for _ in range(cfg.n_layers)])
+        )
         self.ln_final = _norm(cfg)
         self.unembed = Unembed(cfg)
         self.setup()  # names every HookPoint for run_with_cache / run_with_hooks

@@ -31,7 +31,7 @@ import inspect
 import textwrap
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -76,7 +76,10 @@ def seeded(seed: int) -> Iterator[None]:
         yield
 
 
-def randomise(module: nn.Module, seed: int, scale: float = 0.3) -> nn.Module:
+M = TypeVar("M", bound=nn.Module)
+
+
+def randomise(module: M, seed: int, scale: float = 0.3) -> M:
     """Overwrite every parameter with N(0, scale^2) (LayerNorm gains: 1 + N(0, scale^2)).
 
     Biases and gains at their init (0 and 1) would hide a missing bias or gain; random

@@ -115,6 +115,7 @@ def _head(
     W_K: Tensor,
     W_V: Tensor,
     W_O: Tensor,
+    *,
     causal: bool = True,
     scale: float | None = None,
 ) -> Float[Tensor, "batch pos d_model"]:
@@ -365,8 +366,8 @@ def _attention_weights(
     gen: torch.Generator, d_model: int, n_heads: int, d_head: int, biases: bool, dtype: torch.dtype
 ) -> AttentionWeights:
     """Seeded weights; ``W_Q, W_K`` halved so the softmax is neither flat nor one-hot."""
-    shapes = [(n_heads, d_model, d_head)] * 3 + [(n_heads, d_head, d_model)]
-    shapes += [(n_heads, d_head)] * 3 + [(d_model,)]
+    shapes: list[tuple[int, ...]] = [*[(n_heads, d_model, d_head)] * 3, (n_heads, d_head, d_model)]
+    shapes += [*[(n_heads, d_head)] * 3, (d_model,)]
     scales = [0.5, 0.5, 0.5, 0.5] + [0.4 if biases else 0.0] * 4
     return AttentionWeights(
         *(
@@ -621,7 +622,9 @@ def _add_to_normalised(
     return h + mlp(h)
 
 
-def _mlp_reads_ln1(x: Tensor, ln1: Sublayer, attn: Sublayer, ln2: Sublayer, mlp: Sublayer):
+def _mlp_reads_ln1(
+    x: Tensor, ln1: Sublayer, attn: Sublayer, ln2: Sublayer, mlp: Sublayer
+) -> Tensor:
     mid = x + attn(ln1(x))
     return mid + mlp(ln1(mid))
 

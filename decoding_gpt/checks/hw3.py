@@ -406,7 +406,7 @@ def _generate_model(scale: float) -> GPT:
     return randomise(model, seed=19, scale=scale).eval() if scale else model.eval()
 
 
-def _call_generate(fn: Callable, model: nn.Module, prompt: Tensor, n: int, **kwargs: Any) -> Tensor:
+def _call_generate(fn: Callable, model: GPT, prompt: Tensor, n: int, **kwargs: Any) -> Tensor:
     try:
         out = fn(model, prompt.clone(), n, **kwargs)
     except ValueError as err:
@@ -442,7 +442,7 @@ def _call_generate(fn: Callable, model: nn.Module, prompt: Tensor, n: int, **kwa
     return out.cpu()
 
 
-def _greedy_at_first_position(model: nn.Module, prompt: Tensor, n: int) -> Tensor:
+def _greedy_at_first_position(model: GPT, prompt: Tensor, n: int) -> Tensor:
     """The classic bug, for diagnosis: logits read at position 0 instead of -1."""
     seq = prompt.clone()
     with torch.no_grad():

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from decoding_gpt.checks import CheckError, compare_tensors, passed, to_numpy
 from decoding_gpt.heads import induction_score, previous_token_score
-from decoding_gpt.hooks import hook_name
+from decoding_gpt.hooks import HookedModel, hook_name
 from decoding_gpt.patching import activation_patching, normalized_metric
 from decoding_gpt.transformer import GPT, GPTConfig
 
@@ -299,7 +299,7 @@ Metric = Callable[[Float[Tensor, "batch pos d_vocab"]], Tensor]
 
 def tiny_patching_setup(
     seed: int = 0,
-) -> tuple[nn.Module, Int[Tensor, "batch pos"], Int[Tensor, "batch pos"], Metric]:
+) -> tuple[GPT, Int[Tensor, "batch pos"], Int[Tensor, "batch pos"], Metric]:
     """A seeded 2-layer, 4-head GPT, clean/corrupt tokens differing at one position, and a
     logit-difference metric whose clean and corrupt values are far apart."""
     torch.manual_seed(seed)
@@ -322,7 +322,7 @@ def tiny_patching_setup(
 
 @torch.no_grad()
 def _patch_heads(
-    model: nn.Module,
+    model: HookedModel,
     base: Tensor,
     source: Tensor,
     metric: Metric,
@@ -352,7 +352,7 @@ def _patch_heads(
 
 
 def reference_head_patching(
-    model: nn.Module, clean: Tensor, corrupt: Tensor, metric: Metric
+    model: HookedModel, clean: Tensor, corrupt: Tensor, metric: Metric
 ) -> Float[Tensor, "layer head"]:
     """Denoising head patching, normalised: the package's
     :func:`~decoding_gpt.patching.activation_patching` (``kind="z"``, all positions)."""

@@ -49,7 +49,9 @@ def _tensor(value: object, name: str) -> Tensor:
 
 
 # ------------------------------------------------------------------ 1. collecting activations
-def _padded_batch(stories: list[Any], tokenizer: Any, n_ctx: int, bos: bool = True):
+def _padded_batch(
+    stories: list[Any], tokenizer: Any, n_ctx: int, bos: bool = True
+) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """Token ids ``[n_docs, length]`` with BOS at 0, right padding, labels aligned to them."""
     encoded = [label_tokens(story, tokenizer) for story in stories]
     offset = 1 if bos else 0
@@ -312,7 +314,7 @@ def check_split_documents(fn: Callable[[Tensor, float, int], tuple[Tensor, Tenso
 
 
 # ------------------------------------------------------------------ 3. logistic probe
-def _planted_probe_data(seed: int, n: int = 1600, d: int = 12):
+def _planted_probe_data(seed: int, n: int = 1600, d: int = 12) -> tuple[Tensor, Tensor]:
     gen = torch.Generator().manual_seed(seed)
     u = F.normalize(torch.randn(d, generator=gen), dim=0)
     scale = torch.linspace(0.5, 4.0, d)  # unequal feature scales, like a residual stream
@@ -555,7 +557,9 @@ def check_topk_relu(fn: Callable[[Tensor, int], Tensor]) -> None:
 
 
 # ------------------------------------------------------------------ 7. ReLU + L1 loss
-def _sae_params(seed: int, d_in: int = 10, d_sae: int = 24, n: int = 32):
+def _sae_params(
+    seed: int, d_in: int = 10, d_sae: int = 24, n: int = 32
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, d_in, generator=gen, dtype=torch.float64) + 0.5
     w_enc = torch.randn(d_in, d_sae, generator=gen, dtype=torch.float64) * 0.5
@@ -583,7 +587,9 @@ def check_relu_l1_loss(fn: Callable[..., Tensor]) -> None:
     got = float(got_t)
     d_in = x.shape[1]
 
-    def loss(subtract: bool = False, weighted: bool = True, mse: str = "sum", red: str = "mean"):
+    def loss(
+        subtract: bool = False, weighted: bool = True, mse: str = "sum", red: str = "mean"
+    ) -> float:
         f = F.relu((x - b_dec if subtract else x) @ w_enc + b_enc)
         err = (f @ w_dec + b_dec - x).pow(2).sum(-1)
         err = err / d_in if mse == "mean" else err

@@ -93,7 +93,9 @@ def check_sinusoidal(fn: Callable[[int, int], Tensor]) -> None:
 
 
 # ----------------------------------------------------------------------------- exercise 2
-def _rope(x: np.ndarray, base: float, pairs: str = "adjacent", sign: float = 1.0, start: int = 0):
+def _rope(
+    x: np.ndarray, base: float, pairs: str = "adjacent", sign: float = 1.0, start: int = 0
+) -> np.ndarray:
     """Reference RoPE: each pair of features is a complex number times ``exp(i p theta)``."""
     n_pos, d = x.shape[1], x.shape[-1]
     theta = base ** (-np.arange(0, d, 2) / d)  # [d / 2]

@@ -82,7 +82,7 @@ def _encode_story_range(args: tuple[int, int, int, str]) -> np.ndarray:
     return pack((e.ids for e in tok.encode_batch(texts)), eos_id(tok))
 
 
-def _worker_pool(workers: int):
+def _worker_pool(workers: int) -> multiprocessing.pool.Pool:
     """A process pool: fork on Linux (cheap, no re-import of torch), spawn elsewhere."""
     method = "fork" if sys.platform == "linux" else "spawn"
     # Each worker is single-threaded; the variable also silences tokenizers' fork warning.

@@ -85,7 +85,7 @@ def _read_source(path: Path) -> str | None:
 def _all_documents() -> tuple[SourceDoc, ...]:
     root = stdlib_root()
     docs = []
-    files = []
+    files: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
         # Prune while walking: site-packages alone can be larger than the stdlib.
         dirnames[:] = [

@@ -17,6 +17,7 @@ import csv
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -96,9 +97,10 @@ def graded_notebook(
     return graded
 
 
-def _read_results(process, read_fd: int, wall_seconds: float) -> list[dict]:
+def _read_results(process: subprocess.Popen, read_fd: int, wall_seconds: float) -> list[dict]:
     """Collect the runner's JSON lines until it exits or the wall-clock limit passes."""
-    results, buffer = [], b""
+    results: list[dict] = []
+    buffer = b""
     os.set_blocking(read_fd, False)
     deadline = time.monotonic() + wall_seconds
     while True:

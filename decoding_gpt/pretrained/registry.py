@@ -10,7 +10,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import torch
@@ -19,9 +19,14 @@ from decoding_gpt import checkpoint
 from decoding_gpt.checkpoint import file_sha256, load_checkpoint
 from decoding_gpt.convert import to_transformer_lens
 from decoding_gpt.data import get_tokenizer
+from decoding_gpt.data.bpe import Corpus
 from decoding_gpt.device import get_device
 from decoding_gpt.tokenizer import as_pretrained_tokenizer_fast
 from decoding_gpt.transformer import GPT
+
+if TYPE_CHECKING:  # heavy imports, for annotations only
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import PreTrainedTokenizerFast
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 MODELS_DIR = PACKAGE_DIR / "models"
@@ -45,7 +50,7 @@ class ModelInfo:
     name: str
     description: str
     lecture: str
-    tokenizer: str | None  # corpus name for decoding_gpt.data.get_tokenizer, or None
+    tokenizer: Corpus | None  # corpus name for decoding_gpt.data.get_tokenizer, or None
     files: dict[str, str]  # file name -> sha256
     metrics: dict[str, Any] = field(default_factory=dict)
 
@@ -98,7 +103,7 @@ def verify(name: str) -> None:
             )
 
 
-def load_native(name: str, device: str | torch.device | None = None):
+def load_native(name: str, device: str | torch.device | None = None) -> GPT:
     """A shipped model as our own :class:`decoding_gpt.transformer.GPT` (eval mode)."""
     verify(name)
     model, _, _ = load_checkpoint(MODELS_DIR / name, device=device or get_device())
@@ -117,7 +122,7 @@ def load_snapshots(name: str, device: str | torch.device = "cpu") -> tuple[list[
     return checkpoint.load_snapshots(model_dir(name), device)
 
 
-def load_tokenizer(name: str):
+def load_tokenizer(name: str) -> PreTrainedTokenizerFast | None:
     """The tokenizer of a shipped model as a ``PreTrainedTokenizerFast`` (or None)."""
     info = model_info(name)
     if info.tokenizer is None:
@@ -125,7 +130,7 @@ def load_tokenizer(name: str):
     return as_pretrained_tokenizer_fast(get_tokenizer(info.tokenizer))
 
 
-def load(name: str, device: str | torch.device | None = None):
+def load(name: str, device: str | torch.device | None = None) -> TransformerBridge:
     """A model as a TransformerLens ``TransformerBridge``: shipped, or from the hub.
 
     Shipped models load offline, with their tokenizer attached (``to_tokens``,
@@ -210,7 +215,7 @@ def _check_hub_reachable(name: str) -> None:
         ) from err
 
 
-def _load_from_hub(name: str, device: str | torch.device | None):
+def _load_from_hub(name: str, device: str | torch.device | None) -> TransformerBridge:
     from transformer_lens.supported_models import get_official_model_name  # lazy: heavy
 
     try:

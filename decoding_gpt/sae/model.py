@@ -268,6 +268,8 @@ class SAE(nn.Module):
     ``threshold: [d_sae]``. ``self.arch`` is the config's row of :data:`ARCHITECTURES`.
     """
 
+    threshold: Tensor  # a buffer, registered in __init__ when the architecture has one
+
     def __init__(self, cfg: SAEConfig, generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.cfg = cfg
@@ -443,6 +445,7 @@ class SAE(nn.Module):
             loss = loss + self.arch.penalty(self, f, lam)
         if self.cfg.use_auxk and dead_mask is not None:
             residual = (x - x_hat).detach()
+            assert self.cfg.k_aux is not None  # SAEConfig._check_auxk sets the default
             aux = auxk_loss(residual, pre, w_dec, dead_mask, self.cfg.k_aux)
             loss = loss + self.cfg.aux_coefficient * aux
         return loss, f, x_hat

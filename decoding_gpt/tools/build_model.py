@@ -23,7 +23,7 @@ import json
 import math
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,7 +56,7 @@ N_IOI_PROMPTS = 200
 N_YEAR_PROMPTS = 200
 
 # (model, its run's checkpoint folder) -> metrics; str values name a best head or hook
-Evaluation = Callable[[GPT, Path], dict[str, float | str]]
+Evaluation = Callable[[GPT, Path], Mapping[str, float | str]]
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,9 @@ def evaluate_stories_with_induction(
     return {**evaluate_stories_tasks(model), **evaluate_induction(model)}
 
 
-def evaluate_code_string_probe(model: GPT, checkpoint: Path | None = None) -> dict[str, float]:
+def evaluate_code_string_probe(
+    model: GPT, checkpoint: Path | None = None
+) -> dict[str, float | str]:
     """Inside-a-string probe accuracy per residual hook on val-split stdlib files."""
     return evaluate_string_probe(model)
 

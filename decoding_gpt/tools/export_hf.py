@@ -21,12 +21,13 @@ import numpy as np
 import torch
 
 from decoding_gpt.convert import export_hf, unembed_bias_cost
+from decoding_gpt.data.bpe import Corpus
 from decoding_gpt.data.packing import load_token_array
 from decoding_gpt.pretrained import load_native, load_tokenizer, model_info
 from decoding_gpt.tools import prog
 
 
-def val_rows(corpus: str, n_ctx: int, n_tokens: int | None) -> torch.Tensor:
+def val_rows(corpus: Corpus, n_ctx: int, n_tokens: int | None) -> torch.Tensor:
     """The validation split of ``corpus`` as rows of ``n_ctx`` tokens ``[rows, n_ctx]``."""
     arr = load_token_array(corpus, "val", n_tokens).astype(np.int64)
     n = len(arr) // n_ctx * n_ctx
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if tokenizer is None:
             raise NotImplementedError(f"{args.name!r} has no tokenizer to export")
+        assert info.tokenizer is not None  # load_tokenizer found one
         tokens = None
         if args.val_tokens != 0:
             tokens = val_rows(info.tokenizer, model.cfg.n_ctx, args.val_tokens)

@@ -133,7 +133,7 @@ def window_starts(inside: list[int], n_ctx: int) -> list[int]:
         return []
     candidates = [*range(0, last + 1, n_ctx - CONTEXT), last]
     starts = {_next_start_outside_string(inside, start, last) for start in candidates}
-    return sorted(starts - {None})
+    return sorted(s for s in starts if s is not None)
 
 
 def _next_start_outside_string(inside: list[int], start: int, last: int) -> int | None:

@@ -265,6 +265,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     resume = None
     if args.resume:
+        assert train_cfg.out_dir is not None  # defaulted above: runs/<config name>
         resume = Path(train_cfg.out_dir)
         if not (resume / "trainer_state.json").is_file():
             raise SystemExit(f"--resume: no resumable checkpoint in {resume}")
@@ -303,7 +304,9 @@ def _start_from(model: torch.nn.Module, directory: Path) -> None:
     model.load_state_dict(start.state_dict())
 
 
-def _print_summary(model, history, cfg: TrainConfig, world_size: int, wall: float) -> None:
+def _print_summary(
+    model: GPT, history: dict[str, Any], cfg: TrainConfig, world_size: int, wall: float
+) -> None:
     n_params = sum(p.numel() for p in model.parameters())
 
     def last(key: str) -> float:
