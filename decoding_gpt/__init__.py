@@ -4,7 +4,7 @@ The package reads top to bottom, in the order declared once in
 :data:`decoding_gpt.layout.LAYERS`::
 
     base              layout, device, hooks
-    model             tokenizer, attention, generation, transformer, ngram
+    model             tokenizer, attention, generation, transformer, modern, ngram
     training          data, checkpoint, training, convert, pretrained
     interpretability  activations, lens, heads, patching, probes, superposition, sae,
                       evals, grokking, scaling

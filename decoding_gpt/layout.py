@@ -15,7 +15,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # what everything else stands on: where tensors live, what hook points are called
     ("base", ("layout", "device", "hooks")),
     # the model, written to be read, and the simpler models before it
-    ("model", ("tokenizer", "attention", "generation", "transformer", "ngram")),
+    ("model", ("tokenizer", "attention", "generation", "transformer", "modern", "ngram")),
     # what models read, how they are trained, saved, converted and shipped
     ("training", ("data", "checkpoint", "training", "convert", "pretrained")),
     # how we look inside: each module one method, on any model with TL hook names

@@ -16,6 +16,8 @@ builds three of them from a corpus, in order of sophistication:
   the 256 byte values (so *every* string is encodable: no ``<unk>``), then repeatedly
   merge the most frequent adjacent pair of tokens into a new token. The ordered list of
   merges *is* the tokenizer.
+  Special tokens (``<|endoftext|>``) get ids of their own and are never split or merged;
+  :meth:`BytePairEncoding.encode_iterable` encodes a stream (a file) in flat memory.
 
 For production use, :func:`train_hf_bpe` trains the same algorithm with HF ``tokenizers``
 (Rust, ~1000x faster) and :func:`as_pretrained_tokenizer_fast` wraps it for
@@ -29,7 +31,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -257,7 +259,8 @@ class BytePairEncoding:
     """Byte-level BPE (Sennrich et al. 2016; GPT-2's variant), written out for teaching.
 
     Ids 0-255 are the raw bytes of the UTF-8 encoding; merge ``k`` (0-based) creates id
-    ``256 + k`` from the pair ``merges[k]``. Training, on the multiset of pre-tokens:
+    ``256 + k`` from the pair ``merges[k]``; special token ``j`` (if any) gets id
+    ``256 + len(merges) + j``, after every merge. Training, on the multiset of pre-tokens:
 
         repeat until vocab_size: find the most frequent adjacent pair (a, b) (counted
         with multiplicity, non-overlapping within each pre-token) and replace it by a
@@ -270,20 +273,81 @@ class BytePairEncoding:
     list on the same corpus (tested). Encoding a new string
     replays the merges in training order inside each pre-token, which is what GPT-2 does.
     Every byte string is encodable, so ``decode(encode(s)) == s`` for any ``s``.
+
+    **Special tokens** (e.g. ``"<|endoftext|>"``, the document separator) are control
+    symbols, not text. The rules, for encoding and training alike:
+
+    1. *Split on special tokens first*, before pre-tokenisation and merges. Each
+       occurrence becomes its own id; only the text between occurrences is pre-tokenised
+       and merged. Otherwise GPT-2's pattern would cut ``"<|endoftext|>"`` into ``"<|"``,
+       ``"endoftext"``, ``"|>"``, merges could fuse its bytes with its neighbours (``" <|"``),
+       the model would never see the separator's id, and training would count pairs
+       that straddle a document boundary (and learn merges of the marker's own bytes).
+       So no merge ever crosses a special token's boundary, and training counts no pair
+       across one.
+    2. *Longest first* where specials overlap: at each position the longest special that
+       matches wins, and matches are taken left to right (HF ``tokenizers``' leftmost-
+       longest rule). With ``"<|endoftext|>"`` and ``"<|endoftext|><|endoftext|>"`` both
+       special, the doubled string is one token. Shortest first would make the longer
+       special unreachable: its id could never be produced.
+
+    With no special tokens, the ids and merges are exactly those of plain byte-level BPE.
     """
 
-    def __init__(self, merges: Sequence[tuple[int, int]] = (), pattern: str = GPT2_PATTERN):
+    def __init__(
+        self,
+        merges: Sequence[tuple[int, int]] = (),
+        pattern: str = GPT2_PATTERN,
+        *,
+        special_tokens: Sequence[str] = (),
+    ) -> None:
         self.pattern = pattern
         self._regex = regex.compile(pattern)
         self.merges: list[tuple[int, int]] = []
         self.ranks: dict[tuple[int, int], int] = {}
         self.vocab: list[bytes] = [bytes([b]) for b in range(256)]
         self.merge_counts: list[int] = []  # pair frequency at the time of each merge
+        self.special_tokens: list[str] = []
+        self.special_ids: dict[str, int] = {}
+        self._special_regex: regex.Pattern[str] | None = None
+        self._special_prefixes: set[str] = set()  # proper prefixes of the specials
         for a, b in merges:
             self._add_merge((int(a), int(b)))
+        self._add_specials(special_tokens)
         self._cache: dict[str, list[int]] = {}
 
+    @staticmethod
+    def _check_specials(special_tokens: Sequence[str]) -> list[str]:
+        """Validate a list of special tokens: strings, non-empty, no duplicates."""
+        if isinstance(special_tokens, str):
+            raise TypeError(
+                f"special_tokens must be a list of strings, not the string {special_tokens!r}"
+            )
+        specials = list(special_tokens)
+        for j, s in enumerate(specials):
+            if not isinstance(s, str):
+                raise TypeError(f"special token {j} is {s!r}, not a string")
+            if not s:
+                raise ValueError(f"special token {j} is the empty string")
+            if s in specials[:j]:
+                raise ValueError(f"special token {s!r} is duplicated (position {j})")
+        return specials
+
+    def _add_specials(self, special_tokens: Sequence[str]) -> None:
+        specials = self._check_specials(special_tokens)
+        for s in specials:
+            self.special_ids[s] = len(self.vocab)
+            self.vocab.append(s.encode("utf-8"))
+        self.special_tokens = specials
+        if specials:
+            # longest first, so an alternation tried in order takes the longest at each spot
+            longest_first = sorted(specials, key=len, reverse=True)
+            self._special_regex = regex.compile("|".join(map(regex.escape, longest_first)))
+            self._special_prefixes = {s[:k] for s in specials for k in range(1, len(s))}
+
     def _add_merge(self, pair: tuple[int, int], count: int = 0) -> int:
+        if self.special_tokens:
+            raise RuntimeError("merges come before the special tokens' ids; add them first")
         if not (0 <= pair[0] < len(self.vocab) and 0 <= pair[1] < len(self.vocab)):
             raise ValueError(f"merge {pair} refers to a token that does not exist yet")
         new_id = len(self.vocab)
@@ -295,21 +359,66 @@ class BytePairEncoding:
 
     @property
     def vocab_size(self) -> int:
+        """Bytes, merges and special tokens together."""
         return len(self.vocab)
+
+    def split_special(self, text: str) -> list[tuple[str, bool]]:
+        """Cut ``text`` at its special tokens (rule 1; longest first, rule 2).
+
+        Returns ``(piece, is_special)`` pairs in order; empty ordinary pieces are left out.
+        ``split_special("a<|endoftext|>b")`` is ``[("a", False), ("<|endoftext|>", True),
+        ("b", False)]`` when ``"<|endoftext|>"`` is special.
+        """
+        return [(text[a:b], sid is not None) for a, b, sid in self._segments(text)]
+
+    def _segments(self, text: str) -> Iterator[tuple[int, int, int | None]]:
+        """``(start, end, special id or None)`` of the special tokens and the text between."""
+        pos = 0
+        if self._special_regex is not None:
+            for m in self._special_regex.finditer(text):
+                if m.start() > pos:
+                    yield pos, m.start(), None
+                yield m.start(), m.end(), self.special_ids[m.group()]
+                pos = m.end()
+        if pos < len(text):
+            yield pos, len(text), None
+
+    def _pieces(self, text: str) -> Iterator[tuple[int, int, int | None]]:
+        """``(start, end, special id or None)`` of every special token and pre-token."""
+        for a, b, sid in self._segments(text):
+            if sid is not None:
+                yield a, b, sid
+            else:
+                for m in self._regex.finditer(text[a:b]):
+                    yield a + m.start(), a + m.end(), None
 
     @classmethod
     def train(
-        cls, text_or_texts: str | Iterable[str], vocab_size: int, pattern: str = GPT2_PATTERN
+        cls,
+        text_or_texts: str | Iterable[str],
+        vocab_size: int,
+        pattern: str = GPT2_PATTERN,
+        *,
+        special_tokens: Sequence[str] = (),
     ) -> BytePairEncoding:
-        """Learn ``vocab_size - 256`` merges from the corpus (fewer if pairs run out).
+        """Learn ``vocab_size - 256 - len(special_tokens)`` merges (fewer if pairs run out).
+
+        ``vocab_size`` counts the 256 bytes, the merges and the special tokens. The text is
+        split on the special tokens first (rule 1 of the class docstring), so no pair is
+        counted across one and the specials' own bytes are never merged.
 
         Pair counts are updated incrementally: after merging (a, b) only the pre-tokens
         that contained it are recounted, which keeps training on ~100 kB of text to
         seconds in pure Python.
         """
-        if vocab_size < 256:
-            raise ValueError(f"a byte-level vocabulary has at least 256 tokens, got {vocab_size}")
+        specials = cls._check_specials(special_tokens)
+        if vocab_size < 256 + len(specials):
+            raise ValueError(
+                f"vocab_size {vocab_size} is too small: the 256 bytes and {len(specials)} "
+                f"special tokens need at least {256 + len(specials)}"
+            )
         bpe = cls(pattern=pattern)
+        splitter = cls(pattern=pattern, special_tokens=specials)
         byte_rank = _printable_rank()
 
         def order(pair: tuple[int, int]) -> tuple[int, int]:
@@ -317,7 +426,12 @@ class BytePairEncoding:
             a, b = (byte_rank[i] if i < 256 else i for i in pair)
             return a, b
 
-        chunks = Counter(c for t in _texts(text_or_texts) for c in bpe._regex.findall(t))
+        chunks = Counter(
+            t[a:b]
+            for t in _texts(text_or_texts)
+            for a, b, sid in splitter._pieces(t)
+            if sid is None
+        )
         words = [list(c.encode("utf-8")) for c in chunks]
         freqs = list(chunks.values())
         counts = _pair_counts(words, freqs)
@@ -325,7 +439,7 @@ class BytePairEncoding:
         for w, word in enumerate(words):
             for pair in zip(word, word[1:], strict=False):
                 where.setdefault(pair, set()).add(w)
-        while bpe.vocab_size < vocab_size and counts:
+        while bpe.vocab_size < vocab_size - len(specials) and counts:
             pair, count = min(counts.items(), key=lambda kv: (-kv[1], order(kv[0])))
             if count <= 0:
                 break
@@ -339,6 +453,7 @@ class BytePairEncoding:
                     where.setdefault(p, set()).add(w)
                 words[w] = new
             counts = +counts  # drop pairs whose count fell to zero
+        bpe._add_specials(specials)
         return bpe
 
     def _encode_chunk(self, chunk: str) -> list[int]:
@@ -355,18 +470,73 @@ class BytePairEncoding:
             self._cache[chunk] = ids
         return ids
 
+    def _encode_pieces(self, text: str, pieces: Iterable[tuple[int, int, int | None]]) -> list[int]:
+        out: list[int] = []
+        for a, b, sid in pieces:
+            if sid is None:
+                out.extend(self._encode_chunk(text[a:b]))
+            else:
+                out.append(sid)
+        return out
+
     def encode(self, text: str) -> list[int]:
-        return [i for chunk in self._regex.findall(text) for i in self._encode_chunk(chunk)]
+        """Ids of ``text``: split on special tokens, pre-tokenise the rest, replay merges."""
+        if self._special_regex is None:  # the plain path, as before special tokens existed
+            return [i for chunk in self._regex.findall(text) for i in self._encode_chunk(chunk)]
+        return self._encode_pieces(text, self._pieces(text))
+
+    def encode_iterable(self, texts: Iterable[str]) -> Iterator[int]:
+        """Encode a stream of strings (e.g. an open file: its lines) lazily.
+
+        Yields exactly ``encode("".join(texts))``, while holding only a short tail of the
+        text: after each item, the pieces (special tokens and pre-tokens) that more text
+        cannot change are encoded and yielded; the rest waits for the next item. What can
+        still change is (a) the last pre-token (``"hel"`` may continue as ``"hello"``; a
+        whitespace run may give its last space to the next word) and (b) any tail that is
+        a proper prefix of a special token (``"<|endof"`` may become ``"<|endoftext|>"``;
+        a complete ``"<|endoftext|>"`` may grow into a longer special). Pieces are never
+        cut, so a piece overlapping that tail waits too. Memory stays flat unless a single
+        pre-token is huge. This relies on the pattern's matches other than the last not
+        depending on later text, which holds for ``GPT2_PATTERN`` (tested).
+        """
+        tail = ""
+        for item in texts:
+            if not item:
+                continue
+            text = tail + item
+            pieces = list(self._pieces(text))
+            unstable = self._unstable_from(text, pieces)
+            cut = next((a for a, b, _ in pieces if b > unstable), len(text))
+            yield from self._encode_pieces(text, (p for p in pieces if p[1] <= cut))
+            tail = text[cut:]
+        if tail:
+            yield from self.encode(tail)
+
+    def _unstable_from(self, text: str, pieces: list[tuple[int, int, int | None]]) -> int:
+        """First position of ``text`` whose piece more text could change (see above)."""
+        unstable = len(text)
+        if pieces and pieces[-1][2] is None:
+            unstable = pieces[-1][0]
+        if self._special_prefixes:
+            longest = max(map(len, self._special_prefixes))
+            for p in range(max(0, len(text) - longest), unstable):
+                if text[p:] in self._special_prefixes:
+                    return p
+        return unstable
 
     def decode(self, ids: Sequence[int]) -> str:
-        """Concatenate the tokens' bytes and decode UTF-8 (invalid bytes become U+FFFD)."""
+        """Concatenate the tokens' bytes and decode UTF-8 (invalid bytes become U+FFFD).
+
+        A special token's id decodes to its own text.
+        """
         _check_ids(ids, self.vocab_size)
         return b"".join(self.vocab[int(i)] for i in ids).decode("utf-8", errors="replace")
 
     def token_strings(self) -> list[str]:
-        """Every token in GPT-2's printable byte alphabet (e.g. ``'Ġthe'``)."""
+        """Every token in GPT-2's printable byte alphabet (e.g. ``'Ġthe'``); specials as is."""
         table = bytes_to_unicode()
-        return ["".join(table[b] for b in token) for token in self.vocab]
+        n = 256 + len(self.merges)
+        return ["".join(table[b] for b in token) for token in self.vocab[:n]] + self.special_tokens
 
     def merge_strings(self) -> list[tuple[str, str]]:
         """The merges as pairs of printable strings, the format of HF's ``merges``."""
@@ -374,30 +544,52 @@ class BytePairEncoding:
         return [(strings[a], strings[b]) for a, b in self.merges]
 
     def to_hf(self) -> tokenizers.Tokenizer:
-        """The same tokenizer as an HF ``tokenizers.Tokenizer`` (same ids, same merges)."""
+        """The same tokenizer as an HF ``tokenizers.Tokenizer`` (same ids, same merges).
+
+        Special tokens become HF added special tokens, which HF also matches leftmost-
+        longest before pre-tokenisation; they get the same ids, after the merges.
+        """
         if self.pattern != GPT2_PATTERN:
             raise ValueError("to_hf needs the GPT-2 pre-tokenisation pattern")
-        strings = self.token_strings()
+        strings = self.token_strings()[: 256 + len(self.merges)]
         model = models.BPE(vocab={s: i for i, s in enumerate(strings)}, merges=self.merge_strings())
         tok = tokenizers.Tokenizer(model)
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
+        if self.special_tokens:
+            tok.add_special_tokens(self.special_tokens)
+            for s, i in self.special_ids.items():
+                if tok.token_to_id(s) != i:
+                    raise RuntimeError(
+                        f"HF gave special token {s!r} id {tok.token_to_id(s)}, not {i}"
+                    )
         return tok
 
     def save(self, path: str | Path) -> None:
-        """Write the merges (and pattern) as JSON."""
-        data = {"type": "BytePairEncoding", "pattern": self.pattern, "merges": self.merges}
+        """Write the merges, pattern and special tokens as JSON."""
+        data = {
+            "type": "BytePairEncoding",
+            "pattern": self.pattern,
+            "merges": self.merges,
+            "special_tokens": self.special_tokens,
+        }
         Path(path).write_text(json.dumps(data))
 
     @classmethod
     def load(cls, path: str | Path) -> BytePairEncoding:
+        """Read a file written by :meth:`save` (files without special tokens load too)."""
         try:
             data = json.loads(Path(path).read_text())
+            if data.get("type") != "BytePairEncoding":
+                raise ValueError(f"type is {data.get('type')!r}")
             merges = [(int(a), int(b)) for a, b in data["merges"]]
             pattern = data["pattern"]
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            specials = data.get("special_tokens", [])
+            if not isinstance(specials, list):
+                raise TypeError(f"special_tokens is {specials!r}, not a list")
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
             raise ValueError(f"{path} is not a BytePairEncoding file: {err}") from err
-        return cls(merges, pattern=pattern)
+        return cls(merges, pattern=pattern, special_tokens=specials)
 
 
 # --------------------------------------------------------------------------------------

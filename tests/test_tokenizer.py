@@ -225,3 +225,232 @@ def test_token_frequencies_and_zipf():
     assert zipf_exponent(exact) == pytest.approx(1.2, abs=1e-3)
     with pytest.raises(ValueError):
         token_frequencies([])
+
+
+# --------------------------------------------------------------------------------------
+# Special tokens and streaming (what CS336 assignment 1's tokenizer tests expect)
+# --------------------------------------------------------------------------------------
+DOUBLE = END_OF_TEXT + END_OF_TEXT
+SPACE, LT, A, B = ord(" "), ord("<"), ord("a"), ord("b")
+
+
+@cache
+def special_bpe() -> BytePairEncoding:
+    """Our trained merges plus two overlapping specials (ids 556 and 557)."""
+    return BytePairEncoding(our_bpe().merges, special_tokens=[END_OF_TEXT, DOUBLE])
+
+
+def test_special_token_is_one_id_not_its_bytes():
+    """Known-wrong: a special split into bytes, ``[60, 124, 101, ...]`` for ``"<|e..."``."""
+    bpe = BytePairEncoding(special_tokens=[END_OF_TEXT])
+    assert bpe.vocab_size == 257 and bpe.special_ids == {END_OF_TEXT: 256}
+    assert bpe.encode(f"a{END_OF_TEXT}b") == [A, 256, B]
+    assert bpe.encode(END_OF_TEXT) == [256]
+    assert bpe.decode([A, 256, B]) == f"a{END_OF_TEXT}b"
+    assert bpe.split_special(f"a{END_OF_TEXT}b") == [
+        ("a", False),
+        (END_OF_TEXT, True),
+        ("b", False),
+    ]
+    # after the merges: ids 0-255 bytes, 256.. merges, then the specials in the given order
+    n = 256 + len(our_bpe().merges)
+    assert special_bpe().special_ids == {END_OF_TEXT: n, DOUBLE: n + 1}
+    assert special_bpe().vocab_size == n + 2
+    # a tokenizer without the special treats the same string as text
+    assert our_bpe().decode(our_bpe().encode(END_OF_TEXT)) == END_OF_TEXT
+    assert len(our_bpe().encode(END_OF_TEXT)) > 1
+
+
+@pytest.mark.parametrize("order", [[END_OF_TEXT, DOUBLE], [DOUBLE, END_OF_TEXT]])
+def test_overlapping_specials_match_longest_first(order):
+    """Known-wrong: shortest first gives ``[single, single]`` for the doubled string."""
+    bpe = BytePairEncoding(special_tokens=order)
+    single, double = bpe.special_ids[END_OF_TEXT], bpe.special_ids[DOUBLE]
+    assert bpe.encode(DOUBLE) == [double]
+    assert bpe.encode(END_OF_TEXT * 3) == [double, single]
+    assert bpe.encode(f"x{END_OF_TEXT}y{DOUBLE}") == [ord("x"), single, ord("y"), double]
+    # CS336's example sentence; the doubled special is one token and decodes back
+    text = f"Hello, how {DOUBLE} are you?{END_OF_TEXT}"
+    ids = bpe.encode(text)
+    assert ids.count(double) == 1 and ids.count(single) == 1 and ids[-1] == single
+    assert bpe.decode(ids) == text
+
+
+def test_merges_never_cross_a_special_boundary():
+    """Known-wrong: pre-tokenising before splitting on specials puts ``" <|"`` in one
+    pre-token, so the merge (' ', '<') fuses the space with the special's first byte."""
+    bpe = BytePairEncoding([(SPACE, LT)], special_tokens=[END_OF_TEXT])  # ' <' is 256
+    assert bpe.encode(" <x") == [256, ord("x")]  # the merge applies to ordinary text
+    assert bpe.encode(f" {END_OF_TEXT}") == [SPACE, 257]
+    # a one-letter special between letters that merge: "ab" is a special then a, not 256
+    bpe = BytePairEncoding([(A, B)], special_tokens=["b"])
+    assert bpe.encode("ab") == [A, 257]
+    assert bpe.encode("aab") == [A, A, 257]
+
+
+def test_training_counts_no_pair_across_specials():
+    """Hand-computed: ``"ab<|endoftext|>"`` three times holds (a, b) 3 times and nothing
+    else once split on the special. Known-wrong: treated as text, ``"<|"``, ``"|>"`` and
+    the letters of ``endoftext`` also occur 3 times each, and the tie goes to ``('<', '|')``."""
+    docs = [f"ab{END_OF_TEXT}"] * 3
+    bpe = BytePairEncoding.train(docs, 256 + 5 + 1, special_tokens=[END_OF_TEXT])
+    assert bpe.merges == [(A, B)]  # pairs ran out after one merge
+    assert bpe.special_ids == {END_OF_TEXT: 257} and bpe.vocab_size == 258
+    assert bpe.encode(docs[0]) == [256, 257]
+    wrong = BytePairEncoding.train(docs, 256 + 2)
+    assert wrong.merges[0] == (LT, ord("|"))
+
+
+def test_training_with_specials_equals_training_on_the_documents():
+    """Joining documents with the separator changes nothing: pairs stay inside documents."""
+    docs = [topics[k][:3000] for k in sorted(topics)[:4]]
+    joined = BytePairEncoding.train(
+        END_OF_TEXT.join(docs), 256 + 60 + 1, special_tokens=[END_OF_TEXT]
+    )
+    separate = BytePairEncoding.train(docs, 256 + 60)
+    assert joined.merges == separate.merges
+    assert joined.merge_counts == separate.merge_counts
+    assert joined.vocab_size == 256 + 60 + 1
+
+
+def test_specials_match_hf_added_tokens():
+    """HF ``tokenizers`` added special tokens (leftmost-longest) give the same ids."""
+    text = f"{held_out()[:300]}{DOUBLE}{END_OF_TEXT} x{END_OF_TEXT}{END_OF_TEXT * 3}end"
+    hf = special_bpe().to_hf()
+    assert hf.encode(text).ids == special_bpe().encode(text)
+    assert hf.decode(special_bpe().encode(text), skip_special_tokens=False) == text
+
+
+def test_no_specials_keeps_ids_and_merges():
+    """Without specials the trainer and encoder are the plain ones (same merges, same ids)."""
+    plain = BytePairEncoding(our_bpe().merges)
+    assert plain.special_tokens == [] and plain.vocab_size == 256 + N_MERGES
+    assert plain.encode(held_out()) == our_bpe().encode(held_out())
+    text = held_out()[:2000]  # no special in the text: the specials change nothing
+    assert special_bpe().encode(text) == our_bpe().encode(text)
+
+
+def test_special_token_errors():
+    with pytest.raises(ValueError, match="empty string"):
+        BytePairEncoding(special_tokens=[END_OF_TEXT, ""])
+    with pytest.raises(ValueError, match="duplicated"):
+        BytePairEncoding(special_tokens=[END_OF_TEXT, END_OF_TEXT])
+    with pytest.raises(TypeError, match="list of strings"):
+        BytePairEncoding(special_tokens=END_OF_TEXT)
+    with pytest.raises(ValueError, match="duplicated"):
+        BytePairEncoding.train("abc", 300, special_tokens=["x", "x"])
+    with pytest.raises(ValueError, match=r"need at least 258"):
+        BytePairEncoding.train("abc", 257, special_tokens=["x", "y"])
+    assert BytePairEncoding.train("abc", 258, special_tokens=["x", "y"]).merges == []
+
+
+def test_bpe_save_load_keeps_specials(tmp_path):
+    path = tmp_path / "bpe.json"
+    special_bpe().save(path)
+    loaded = BytePairEncoding.load(path)
+    assert loaded.special_tokens == [END_OF_TEXT, DOUBLE]
+    assert loaded.special_ids == special_bpe().special_ids
+    text = f"a{END_OF_TEXT * 3}b {held_out()[:200]}"
+    assert loaded.encode(text) == special_bpe().encode(text)
+    # files written before special tokens existed load with none
+    path.write_text(
+        json.dumps({"type": "BytePairEncoding", "pattern": loaded.pattern, "merges": []})
+    )
+    assert BytePairEncoding.load(path).special_tokens == []
+    path.write_text(
+        json.dumps(
+            {"type": "BytePairEncoding", "pattern": "x", "merges": [], "special_tokens": [""]}
+        )
+    )
+    with pytest.raises(ValueError, match="empty string"):
+        BytePairEncoding.load(path)
+
+
+# text made of pieces that stress the boundaries: specials, their fragments, whitespace
+# runs, contractions, digits, non-ASCII
+_PIECES = st.one_of(
+    st.sampled_from([END_OF_TEXT, DOUBLE, "<|", "endof", "text|>", "<|endoftext", "|>", " ",
+                     "  ", "\n", "\n\n", " \n", "\t", "'s", "'", "s", "a", "the", " cat", "42",
+                     "7", "é", "日本", "🙂", "!", "?!", "\r\n"]),
+    st.text(max_size=8),
+)  # fmt: skip
+_TEXTS = st.lists(_PIECES, max_size=25).map("".join)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_TEXTS)
+def test_round_trip_with_specials(text):
+    ids = special_bpe().encode(text)
+    assert special_bpe().decode(ids) == text
+    assert all(0 <= i < special_bpe().vocab_size for i in ids)
+
+
+def test_round_trip_edge_cases():
+    for text in [
+        "",
+        " ",
+        "   ",
+        "\n\n\n",
+        " \t\n ",
+        END_OF_TEXT,
+        DOUBLE * 2,
+        "<|endoftext",
+        "日本🙂",
+    ]:
+        assert special_bpe().decode(special_bpe().encode(text)) == text
+    assert special_bpe().encode("") == []
+    assert list(special_bpe().encode_iterable([])) == []
+    assert list(special_bpe().encode_iterable(["", ""])) == []
+
+
+@settings(max_examples=150, deadline=None)
+@given(_TEXTS, st.data())
+def test_encode_iterable_equals_encode(text, data):
+    """Any split of the text into items (cuts anywhere, also inside a special token)."""
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(text)), max_size=8)))
+    items = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+    assert list(special_bpe().encode_iterable(items)) == special_bpe().encode(text)
+    plain = list(our_bpe().encode_iterable(items))
+    assert plain == our_bpe().encode(text)
+
+
+def test_encode_iterable_every_cut_and_lines():
+    text = f"Hi  there,\n\n it's {DOUBLE}{END_OF_TEXT}x 12  \n<|endo <|endoftext|> 日本 "
+    expected = special_bpe().encode(text)
+    for k in range(len(text) + 1):
+        assert list(special_bpe().encode_iterable([text[:k], text[k:]])) == expected, k
+    assert list(special_bpe().encode_iterable(list(text))) == expected  # one char per item
+    assert list(special_bpe().encode_iterable(text.splitlines(keepends=True))) == expected
+
+
+def test_encode_iterable_is_lazy_and_memory_flat():
+    """2 MB of text as a generator of lines: ids come out as lines go in, and the peak
+    memory while encoding is a small fraction of the text (nothing accumulates)."""
+    import tracemalloc
+
+    unit = f"{held_out()[:4000]}{END_OF_TEXT}"
+    lines = unit.splitlines(keepends=True)
+    reps = 2_000_000 // len(unit) + 1
+    expected_per_unit = len(special_bpe().encode(unit))  # also warms the chunk cache
+
+    consumed = 0
+
+    def stream():
+        nonlocal consumed
+        for _ in range(reps):
+            for line in lines:
+                consumed += 1
+                yield line
+
+    it = special_bpe().encode_iterable(stream())
+    next(it)
+    assert consumed < 5, "encode_iterable read ahead instead of yielding"
+    tracemalloc.start()
+    try:
+        n = 1 + sum(1 for _ in it)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert n == expected_per_unit * reps
+    assert reps * len(unit) >= 2_000_000
+    assert peak < 500_000, f"peak {peak} bytes while streaming {reps * len(unit)} characters"
