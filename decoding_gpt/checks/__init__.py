@@ -149,3 +149,20 @@ def diagnose(
             wrong = to_numpy(mistake.wrong(*args), f"mistake {mistake.name}")
         if _same(got_np, wrong, atol) and not _same(want_np, wrong, atol):
             raise CheckError(mistake.message)
+
+
+def judge(
+    got: Any,
+    want: Any,
+    catalogue: Iterable[Mistake],
+    args: tuple[Any, ...],
+    *,
+    what: str,
+    atol: float,
+    hint: str,
+    form: str = "function",
+) -> None:
+    """The end of every catalogue check: name the classic mistake ``got`` makes
+    (:func:`diagnose`), else compare it with ``want`` (:func:`compare_tensors`)."""
+    diagnose(got, want, catalogue, args, atol, form)
+    compare_tensors(got, want, what, atol=atol, hint=hint)

@@ -44,7 +44,15 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from decoding_gpt.checks import CheckError, Mistake, compare_tensors, diagnose, passed, to_numpy
+from decoding_gpt.checks import (
+    CheckError,
+    Mistake,
+    compare_tensors,
+    diagnose,
+    judge,
+    passed,
+    to_numpy,
+)
 from decoding_gpt.checks.adapters import (
     Adapted,
     NameMap,
@@ -237,14 +245,16 @@ def check_attention_head(impl: Callable[..., Any], name_map: NameMap = None) -> 
         x, weights = x.to(answer.dtype), [w.to(answer.dtype) for w in weights]
         want = _head(x, *weights)
         got = to_numpy(answer.run(x.clone(), *(w.clone() for w in weights)), "out")
-        diagnose(got, want, HEAD_MISTAKES, (x, *weights), answer.atol, answer.form)
-        compare_tensors(
+        judge(
             got,
             want,
-            f"out for x of shape {[batch, pos, d_model]}",
+            HEAD_MISTAKES,
+            (x, *weights),
+            what=f"out for x of shape {[batch, pos, d_model]}",
             atol=answer.atol,
             hint="out = softmax(q k^T / sqrt(d_head) + M) v W_O with q, k, v = x W_Q, x W_K, "
             "x W_V: pattern [pos, pos] @ values [pos, d_head] @ W_O [d_head, d_model].",
+            form=answer.form,
         )
     passed("check_attention_head")
 
@@ -586,15 +596,17 @@ def check_layer_norm(impl: Callable[..., Any], name_map: NameMap = None) -> None
         b = torch.randn(shape[-1], generator=gen, dtype=torch.float64).to(answer.dtype)
         want = F.layer_norm(x, (shape[-1],), w, b, eps)
         got = to_numpy(answer.run(x.clone(), w.clone(), b.clone(), eps), "LayerNorm output")
-        diagnose(got, want, LAYER_NORM_MISTAKES, (x, w, b, eps), answer.atol, answer.form)
-        compare_tensors(
+        judge(
             got,
             want,
-            f"LayerNorm of a {list(shape)} input (eps={eps:g})",
+            LAYER_NORM_MISTAKES,
+            (x, w, b, eps),
+            what=f"LayerNorm of a {list(shape)} input (eps={eps:g})",
             atol=answer.atol,
             hint="y = (x - mean) / sqrt(var + eps) * w + b: normalise each position over the "
             "LAST axis (d_model) with mean(-1, keepdim=True) and the biased var, then scale "
             "by w and shift by b.",
+            form=answer.form,
         )
     passed("check_layer_norm")
 
@@ -734,14 +746,16 @@ def check_pre_ln_block(impl: Callable[..., Any], name_map: NameMap = None) -> No
             want = block(x.clone())
             got = to_numpy(answer.run(x.clone(), block, cfg), "block output")
         sublayers = (block.ln1, block.attn, block.ln2, block.mlp)
-        diagnose(got, want, BLOCK_MISTAKES, (x, *sublayers), answer.atol, answer.form)
-        compare_tensors(
+        judge(
             got,
             want,
-            f"block output for x of shape {[batch, pos, cfg.d_model]}",
+            BLOCK_MISTAKES,
+            (x, *sublayers),
+            what=f"block output for x of shape {[batch, pos, cfg.d_model]}",
             atol=answer.atol,
             hint="Pre-LN: x = x + attn(ln1(x)); then x = x + mlp(ln2(x)); return x. In a "
             "stack, each block must see the previous block's output.",
+            form=answer.form,
         )
     passed("check_pre_ln_block")
 
@@ -843,11 +857,12 @@ def check_next_token_loss(
         leaf = logits.clone().requires_grad_()
         got = _as_scalar_with_grad(fn(leaf.clone(), tokens.clone()))
         want = _ce(logits[:, :-1], tokens[:, 1:])
-        diagnose(got, want, LOSS_MISTAKES, (logits, tokens), atol=1e-6)
-        compare_tensors(
+        judge(
             got,
             want,
-            f"loss for logits of shape {[batch, pos, vocab]}",
+            LOSS_MISTAKES,
+            (logits, tokens),
+            what=f"loss for logits of shape {[batch, pos, vocab]}",
             atol=1e-6,
             hint="F.cross_entropy(logits[:, :-1].reshape(-1, vocab), tokens[:, 1:].reshape(-1)).",
         )
