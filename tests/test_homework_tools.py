@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import pkgutil
 from pathlib import Path
 
 import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
+import decoding_gpt.checks as checks_package
+from decoding_gpt.checks import CheckError, NotAttempted, exercise, passed
 from decoding_gpt.homework.grade import grade, graded_notebook
 from decoding_gpt.homework.sandbox import Limits, namespaces_available
 from decoding_gpt.homework.student import MarkerError, make_student_notebook, student_source
@@ -66,8 +70,53 @@ def _submission(folder: Path, answer_body: str, name: str = "submission.ipynb") 
 def test_student_source_stubs_solution_keeps_indentation():
     stub = student_source(ANSWER, "code")
     assert "return x * x" not in stub
-    assert '    raise NotImplementedError("Your code here' in stub
+    assert '    raise NotImplementedError("Not attempted yet: write `square` here.")' in stub
     assert stub.startswith("def square(x):")
+
+
+def test_stub_names_the_class_not_the_method():
+    source = (
+        "class Head:\n    def forward(self, x):\n        ### BEGIN SOLUTION\n"
+        "        return x\n        ### END SOLUTION\n"
+    )
+    assert "write `Head` here" in student_source(source, "code")
+    loose = student_source("### BEGIN SOLUTION\nanswer = 42\n### END SOLUTION", "code")
+    assert "write your answer here" in loose
+
+
+def test_exercise_check_refuses_a_stub_and_only_a_stub():
+    @exercise
+    def check_square(square):
+        try:
+            value = square(3)
+        except Exception as err:  # a check that wraps student errors keeps the cause
+            raise CheckError(f"square raised {err!r}") from err
+        if value != 9:
+            raise CheckError("square(3) != 9")
+        passed("check_square")
+
+    namespace: dict = {}
+    exec(student_source(ANSWER, "code"), namespace)
+    with pytest.raises(NotAttempted, match="write `square`"):
+        check_square(namespace["square"])
+
+    def own_error(x):
+        raise NotImplementedError("my own unfinished helper")
+
+    with pytest.raises(CheckError) as info:  # a student's own error is theirs to see
+        check_square(own_error)
+    assert not isinstance(info.value, NotAttempted)
+    with pytest.raises(CheckError, match="!= 9"):
+        check_square(lambda x: x + x)
+    assert getattr(check_square, "__exercise__", False)
+
+
+def test_every_public_check_is_an_exercise_check():
+    for module_info in pkgutil.iter_modules(checks_package.__path__):
+        module = importlib.import_module(f"decoding_gpt.checks.{module_info.name}")
+        for name, function in vars(module).items():
+            if name.startswith("check_") and callable(function):
+                assert getattr(function, "__exercise__", False), f"{module.__name__}.{name}"
 
 
 def test_student_source_drops_hidden_tests():

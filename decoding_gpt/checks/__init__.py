@@ -14,6 +14,10 @@ Shared helpers live here:
 - :func:`passed` -- the uniform success line.
 - :class:`Mistake` and :func:`diagnose` -- a catalogue of classic wrong answers, each a
   wrong reference implementation with the message a student who made it sees.
+- :func:`exercise` -- the decorator every public ``check_*`` wears: a check handed an
+  exercise the student has not written yet (its body is still the stub
+  :func:`stub_statement` writes) raises :class:`NotAttempted`, naming the function to
+  write, instead of any other error, and can never print a pass.
 
 Checks of a concept that the lectures ask for as a function and homework 3 as an
 ``nn.Module`` class live once, in :mod:`decoding_gpt.checks.components` (attention, layer
@@ -23,18 +27,93 @@ modules import them, so a notebook calls ``checks.check_layer_norm(...)`` either
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
-__all__ = ["CheckError", "Mistake", "compare_tensors", "diagnose", "passed", "to_numpy"]
+__all__ = [
+    "STUB_PREFIX",
+    "CheckError",
+    "Mistake",
+    "NotAttempted",
+    "compare_tensors",
+    "diagnose",
+    "exercise",
+    "passed",
+    "stub_statement",
+    "to_numpy",
+]
+
+# Every stub in a student edition raises NotImplementedError with a message that starts
+# with this, so a check can tell "not written yet" from a student's own NotImplementedError.
+STUB_PREFIX = "Not attempted yet:"
 
 
 class CheckError(AssertionError):
     """A check failed; the message explains what is wrong for the student."""
+
+
+class NotAttempted(CheckError):
+    """The exercise a check was handed is still the stub of the student edition."""
+
+
+def stub_statement(name: str | None) -> str:
+    """The line that replaces a solution in the student edition.
+
+    It raises when the exercise is *called*, not when its cell runs, so the cell that
+    defines ``name`` runs and the first check (or use) that calls it stops the notebook
+    with a message naming it.
+    """
+    what = f"write `{name}`" if name else "write your answer"
+    return f'raise NotImplementedError("{STUB_PREFIX} {what} here.")'
+
+
+def _stub_error(err: BaseException | None) -> NotImplementedError | None:
+    """The stub's NotImplementedError in ``err``'s chain of causes, if there is one."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, NotImplementedError) and str(err).startswith(STUB_PREFIX):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+Check = TypeVar("Check", bound=Callable[..., Any])
+
+
+def exercise(check: Check) -> Check:
+    """Mark ``check`` as an exercise check: a stub raises :class:`NotAttempted`.
+
+    Whatever the check does with the student's answer, if a stub's NotImplementedError
+    is raised anywhere inside it (or is the cause of the error it raises), the student
+    sees which exercise is unwritten and that nothing below the check runs until it is,
+    never "passed" and never a diagnosis of a wrong answer they did not give.
+    """
+
+    @functools.wraps(check)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return check(*args, **kwargs)
+        except NotAttempted:
+            raise
+        except BaseException as err:
+            stub = _stub_error(err)
+            if stub is None:
+                raise
+            task = str(stub)[len(STUB_PREFIX) :].strip().removesuffix(" here.")
+            raise NotAttempted(
+                f"{check.__name__}: not attempted yet, so not checked. To do: {task}, in "
+                "place of the `raise NotImplementedError(...)` line of its cell; run that "
+                "cell, then this one. The notebook stops here until it passes."
+            ) from None
+
+    run.__exercise__ = True  # type: ignore[attr-defined]
+    return run  # type: ignore[return-value]
 
 
 def to_numpy(

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from decoding_gpt.checks import CheckError
+from decoding_gpt.checks import CheckError, exercise
 
 __all__ = [
     "FORBIDDEN_FUNCTIONS",
@@ -181,6 +181,7 @@ _TRUSTED_PACKAGES = ("torch", "decoding_gpt", "transformer_lens", "builtins")
 _FORBIDDEN_NAMES = {cls.__name__ for cls in FORBIDDEN_MODULES} | set(FORBIDDEN_FUNCTIONS)
 
 
+@exercise
 def check_no_forbidden_modules(model: nn.Module, example_input: Tensor | None = None) -> None:
     """No ``nn.MultiheadAttention``/``nn.Transformer*`` modules, no
     ``F.scaled_dot_product_attention``: in the module tree, in the source of every class

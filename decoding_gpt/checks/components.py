@@ -49,6 +49,7 @@ from decoding_gpt.checks import (
     Mistake,
     compare_tensors,
     diagnose,
+    exercise,
     judge,
     passed,
     to_numpy,
@@ -220,6 +221,7 @@ def _head_over_batch(fn: Callable[..., Any]) -> Callable[..., Tensor]:
     return run
 
 
+@exercise
 def check_attention_head(impl: Callable[..., Any], name_map: NameMap = None) -> None:
     """One causal attention head,
     ``out = softmax(x W_Q (x W_K)^T / sqrt(d_head) + M) x W_V W_O`` with
@@ -393,6 +395,7 @@ _MULTI_HEAD_SIZES = [(2, 5, 12, 3, 4)]
 _CLASS_ONLY_MULTI_HEAD_SIZES = [(2, 7, 12, 3, 5)]
 
 
+@exercise
 def check_multi_head_attention(impl: Callable[..., Any], name_map: NameMap = None) -> None:
     """Causal multi-head attention, ``out = sum_h z_h W_O[h] + b_O`` with
     ``z_h = softmax(q_h k_h^T / sqrt(d_head) + M) v_h`` and ``q_h = x W_Q[h] + b_Q[h]``.
@@ -572,6 +575,7 @@ def _layer_norm_inputs(gen: torch.Generator, shape: tuple[int, int, int], small:
     return torch.randn(shape, generator=gen, dtype=torch.float64) * 3 + 2
 
 
+@exercise
 def check_layer_norm(impl: Callable[..., Any], name_map: NameMap = None) -> None:
     """LayerNorm over the LAST axis: ``(x - mean) / sqrt(var + eps) * w + b`` with the
     biased variance (divide by d_model), ``x [batch, pos, d_model]``.
@@ -725,6 +729,7 @@ def _block_function(fn: Callable[..., Any]) -> Callable[..., Any]:
     return lambda x, ref, cfg: fn(x, ref.ln1, ref.attn, ref.ln2, ref.mlp)
 
 
+@exercise
 def check_pre_ln_block(impl: Callable[..., Any], name_map: NameMap = None) -> None:
     """One pre-LN transformer block: ``x_mid = x + attn(ln1(x))``, then
     ``out = x_mid + mlp(ln2(x_mid))``.
@@ -839,6 +844,7 @@ def _as_scalar_with_grad(loss: Any) -> Tensor:
     return loss.detach()
 
 
+@exercise
 def check_next_token_loss(
     fn: Callable[[Float[Tensor, "batch pos d_vocab"], Int[Tensor, "batch pos"]], Tensor],
 ) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from decoding_gpt.checks import CheckError, compare_tensors, passed
+from decoding_gpt.checks import CheckError, compare_tensors, exercise, passed
 from decoding_gpt.checks.markov import (
     brute_bigram_counts,
     check_stationary_distribution,
@@ -52,6 +52,7 @@ def _normalise_rows(counts: np.ndarray) -> np.ndarray:
     return np.divide(counts, sums, out=np.zeros_like(counts), where=sums > 0)
 
 
+@exercise
 def check_markov_chain(fn: Callable[[list[int], int], torch.Tensor]) -> None:
     """``fn(ids, vocab_size) -> M [V, V]``: the bigram transition matrix of ``ids``.
 
@@ -120,6 +121,7 @@ def _pair_counts_after(text: str, merges: list[tuple[int, int]]) -> Counter[tupl
     return Counter(p for w in words for p in zip(w, w[1:], strict=False))
 
 
+@exercise
 def check_bpe_merges(fn: Callable[[str, int], list[tuple[int, int]]]) -> None:
     """``fn(text, n_merges) -> merges``: byte-level BPE training, compared with HF.
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from decoding_gpt.checks import CheckError, compare_tensors, passed, to_numpy
+from decoding_gpt.checks import CheckError, compare_tensors, exercise, passed, to_numpy
 
 __all__ = [
     "check_max_overlap",
@@ -30,6 +30,7 @@ def _tensor(value: object, name: str) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------ 1. random unit vectors
+@exercise
 def check_random_unit_vectors(fn: Callable[[int, int, torch.Generator], torch.Tensor]) -> None:
     """``fn(n, d, generator) -> V [n, d]``: ``n`` independent uniform unit vectors.
 
@@ -87,6 +88,7 @@ def check_random_unit_vectors(fn: Callable[[int, int, torch.Generator], torch.Te
 
 
 # ------------------------------------------------------------------ 2. orthonormal set
+@exercise
 def check_orthonormal_set(fn: Callable[[int, int, torch.Generator], torch.Tensor]) -> None:
     """``fn(n, d, generator) -> Q [n, d]`` with orthonormal rows (``Q Q^T = I_n``), n <= d.
 
@@ -137,6 +139,7 @@ def _welch(n: int, d: int) -> float:
     return 0.0 if n <= d else math.sqrt((n - d) / (d * (n - 1)))
 
 
+@exercise
 def check_welch_bound(fn: Callable[[int, int], float]) -> None:
     """``fn(n, d)``: the Welch bound ``sqrt((n - d) / (d (n - 1)))``, 0 when ``n <= d``."""
     for n, d in [(10, 3), (100, 10), (1000, 64), (7, 7), (3, 10), (2, 1)]:
@@ -165,6 +168,7 @@ def check_welch_bound(fn: Callable[[int, int], float]) -> None:
 
 
 # ------------------------------------------------------------------ 4. max overlap
+@exercise
 def check_max_overlap(fn: Callable[[torch.Tensor], float]) -> None:
     """``fn(V) -> max_{i != j} |v_i . v_j| / (|v_i| |v_j|)`` (the coherence of the set)."""
     gen = torch.Generator().manual_seed(0)

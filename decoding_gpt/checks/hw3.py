@@ -43,7 +43,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from decoding_gpt.attention import attention_pattern
-from decoding_gpt.checks import CheckError, compare_tensors, passed
+from decoding_gpt.checks import CheckError, compare_tensors, exercise, passed
 from decoding_gpt.checks.adapters import (
     FORBIDDEN_FUNCTIONS,
     FORBIDDEN_MODULES,
@@ -159,6 +159,7 @@ def _diagnose_pattern(got: Tensor, q: Tensor, k: Tensor) -> None:
         raise CheckError("you divided the scores by d_head; divide by sqrt(d_head).")
 
 
+@exercise
 def check_attention_pattern(
     fn: Callable[[Float[Tensor, "... q d_head"], Float[Tensor, "... k d_head"]], Tensor],
 ) -> None:
@@ -183,6 +184,7 @@ def check_attention_pattern(
 
 # ======================================================================== 2-4. causality, the MLP
 # (one head, multi-head attention, LayerNorm and the block: see decoding_gpt.checks.components)
+@exercise
 def check_causality(model: nn.Module, d_vocab: int, n_ctx: int) -> None:
     """Changing token ``t`` leaves the logits at every position ``< t`` unchanged (and
     changes the logits at ``t``). Run on a copy of ``model`` with large random weights,
@@ -200,6 +202,7 @@ def check_causality(model: nn.Module, d_vocab: int, n_ctx: int) -> None:
     passed("check_causality")
 
 
+@exercise
 def check_mlp(cls: Callable[[GPTConfig], nn.Module], name_map: NameMap = None) -> None:
     """``cls(cfg)`` with ``W_in [d_model, d_mlp]``, ``b_in``, ``W_out [d_mlp, d_model]``,
     ``b_out``: ``act(x W_in + b_in) W_out + b_out`` with ``act`` from ``cfg.act_fn``
@@ -237,6 +240,7 @@ def check_mlp(cls: Callable[[GPTConfig], nn.Module], name_map: NameMap = None) -
 
 
 # ======================================================================== 5. the GPT
+@exercise
 def check_config_shapes(cls: Callable[[GPTConfig], nn.Module]) -> None:
     """For two configs (every size different, ``d_head != d_model / n_heads`` in one):
     the logits are ``[batch, pos, d_vocab]`` and the parameter count is exactly
@@ -281,6 +285,7 @@ def _counts_by_part(model: nn.Module) -> dict[str, int]:
     return counts
 
 
+@exercise
 def check_matches_reference(
     cls: Callable[[GPTConfig], nn.Module], name_map: NameMap = None
 ) -> None:
@@ -313,6 +318,7 @@ def check_matches_reference(
     passed("check_matches_reference")
 
 
+@exercise
 def check_gpt(cls: Callable[[GPTConfig], nn.Module], name_map: NameMap = None) -> None:
     """All GPT checks: forbidden modules, config-driven shapes and exact parameter count,
     equivalence with the reference weights, causality."""
@@ -328,6 +334,7 @@ def check_gpt(cls: Callable[[GPTConfig], nn.Module], name_map: NameMap = None) -
 
 
 # ======================================================================== 6. loss, training
+@exercise
 def check_initial_loss(cls: Callable[[GPTConfig], nn.Module], tolerance: float = 0.25) -> None:
     """A freshly initialised model predicts nearly uniformly: its next-token loss on
     random tokens is ``ln(d_vocab)`` within ``tolerance`` nats (reference: ~0.02 off,
@@ -355,6 +362,7 @@ def check_initial_loss(cls: Callable[[GPTConfig], nn.Module], tolerance: float =
     passed("check_initial_loss")
 
 
+@exercise
 def check_overfits(
     cls: Callable[[GPTConfig], nn.Module],
     loss_fn: Callable[[Tensor, Tensor], Tensor],
@@ -452,6 +460,7 @@ def _greedy_at_first_position(model: GPT, prompt: Tensor, n: int) -> Tensor:
     return seq
 
 
+@exercise
 def check_generate(fn: Callable[..., Tensor]) -> None:
     """``fn(model, prompt [pos], max_new_tokens, temperature=1.0, seed=None)``: returns
     the prompt followed by exactly ``max_new_tokens`` tokens. ``temperature=0`` is greedy

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from decoding_gpt.checks import CheckError, compare_tensors, passed, to_numpy
+from decoding_gpt.checks import CheckError, compare_tensors, exercise, passed, to_numpy
 from decoding_gpt.heads import induction_score, previous_token_score
 from decoding_gpt.hooks import HookedModel, hook_name
 from decoding_gpt.patching import activation_patching, normalized_metric
@@ -56,6 +56,7 @@ def _diagnose(got: Any, want: Any, mistakes: dict[str, Any], atol: float = 1e-5)
 
 
 # ------------------------------------------------------------------ A1. repeated tokens
+@exercise
 def check_repeated_tokens(fn: Callable[[int, int, int, int, torch.Generator], Tensor]) -> None:
     """``fn(batch, seq_len, d_vocab, bos, generator) -> [batch, 1 + 2 seq_len]``.
 
@@ -132,6 +133,7 @@ def _score_result(got: Any, heads: int, name: str) -> np.ndarray:
     return value
 
 
+@exercise
 def check_induction_score(fn: Callable[[Tensor, int], Tensor]) -> None:
     """``fn(pattern, seq_len) -> [head]`` for a pattern ``[batch, head, q, k]`` of
     ``[BOS, r, r]`` (``q = k = 1 + 2 seq_len``): the mean over the batch and the queries of
@@ -177,6 +179,7 @@ def check_induction_score(fn: Callable[[Tensor, int], Tensor]) -> None:
     passed("check_induction_score")
 
 
+@exercise
 def check_previous_token_score(fn: Callable[[Tensor], Tensor]) -> None:
     """``fn(pattern) -> [head]``: the mean over the batch and every query ``q >= 1`` of the
     attention from ``q`` to ``q - 1``. Reference: :func:`decoding_gpt.heads.previous_token_score`.
@@ -209,6 +212,7 @@ def check_previous_token_score(fn: Callable[[Tensor], Tensor]) -> None:
 
 
 # ------------------------------------------------------------------ A4. loss on the copy
+@exercise
 def check_repeated_half_loss(fn: Callable[[Tensor, Tensor, int], Tensor | float]) -> None:
     """``fn(logits, tokens, seq_len)``: mean cross-entropy of predicting tokens
     ``T+2..2T`` of ``[BOS, r, r]`` (the second copy without its first, unpredictable,
@@ -251,6 +255,7 @@ def check_repeated_half_loss(fn: Callable[[Tensor, Tensor, int], Tensor | float]
 
 
 # ------------------------------------------------------------------ B1. logit difference
+@exercise
 def check_logit_difference(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
     """``fn(logits [batch, pos, d_vocab], answers [batch, 2]) -> scalar``:
     ``mean_b(logits[b, -1, IO_b] - logits[b, -1, S_b])`` with ``answers[:, 0] = IO``,
@@ -362,6 +367,7 @@ def reference_head_patching(
     return normalized_metric(raw, clean_value, corrupt_value)
 
 
+@exercise
 def check_head_patching(fn: Callable[[nn.Module, Tensor, Tensor, Metric], Tensor]) -> None:
     """``fn(model, clean_tokens, corrupt_tokens, metric) -> [layer, head]``.
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from decoding_gpt.checks import CheckError, compare_tensors, passed
+from decoding_gpt.checks import CheckError, compare_tensors, exercise, passed
 from decoding_gpt.data.bpe import eos_id
 from decoding_gpt.data.stories import LABEL_NAMES, generate_stories, label_tokens
 
@@ -87,6 +87,7 @@ def _acts_of(model: Any, tokens: Tensor, hook: str, doc: Tensor, pos: Tensor) ->
     return cache[hook][doc, pos].float()
 
 
+@exercise
 @torch.no_grad()
 def check_collect_residuals(
     fn: Callable[..., dict[str, Tensor]],
@@ -265,6 +266,7 @@ def _check_labels(got: dict[str, Tensor], want: dict[str, Tensor]) -> None:
 
 
 # ------------------------------------------------------------------ 2. split by document
+@exercise
 def check_split_documents(fn: Callable[[Tensor, float, int], tuple[Tensor, Tensor]]) -> None:
     """``fn(doc, test_fraction, seed) -> (train_mask, test_mask)``, boolean ``[n]`` masks.
 
@@ -331,6 +333,7 @@ def _sklearn_probe(x: Tensor, y: Tensor) -> tuple[np.ndarray, float]:
     return ref.coef_[0], float(ref.intercept_[0])
 
 
+@exercise
 def check_fit_probe(fn: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]) -> None:
     """``fn(x [n, d], y [n] in {0, 1}) -> (w [d], b [])``: a logistic-regression probe
     predicting ``y = 1`` when ``x . w + b > 0``.
@@ -393,6 +396,7 @@ def check_fit_probe(fn: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]) -> No
 
 
 # ------------------------------------------------------------------ 4. control task
+@exercise
 def check_control_labels(fn: Callable[[Tensor, Tensor, int], Tensor]) -> None:
     """``fn(token [n], labels [n], seed) -> control [n]`` (Hewitt & Liang 2019).
 
@@ -458,6 +462,7 @@ def check_control_labels(fn: Callable[[Tensor, Tensor, int], Tensor]) -> None:
 
 
 # ------------------------------------------------------------------ 5. evaluating a probe
+@exercise
 def check_evaluate_probe(
     fn: Callable[[Tensor, Tensor, Tensor, Tensor], tuple[float, float]],
 ) -> None:
@@ -514,6 +519,7 @@ def _topk_relu(pre: Tensor, k: int) -> Tensor:
     return torch.where(kept, pre.clamp_min(0), torch.zeros_like(pre))
 
 
+@exercise
 def check_topk_relu(fn: Callable[[Tensor, int], Tensor]) -> None:
     """``fn(pre [..., d_sae], k) -> f``: keep the ``k`` largest pre-activations of each
     token (last axis), ReLU them, zero the rest (Gao et al. 2024)."""
@@ -571,6 +577,7 @@ def _sae_params(
     return x, w_enc, b_enc, w_dec, b_dec
 
 
+@exercise
 def check_relu_l1_loss(fn: Callable[..., Tensor]) -> None:
     """``fn(x, W_enc, b_enc, W_dec, b_dec, l1_coefficient) -> loss`` (a scalar) of a
     standard (ReLU + L1) SAE, Anthropic's April 2024 form::
@@ -621,6 +628,7 @@ def check_relu_l1_loss(fn: Callable[..., Tensor]) -> None:
 
 
 # ------------------------------------------------------------------ 8. TopK SAE forward
+@exercise
 def check_topk_sae_forward(fn: Callable[..., tuple[Tensor, Tensor]]) -> None:
     """``fn(x, W_enc, b_enc, W_dec, b_dec, k) -> (f, x_hat)`` of a TopK SAE::
 
@@ -653,6 +661,7 @@ def check_topk_sae_forward(fn: Callable[..., tuple[Tensor, Tensor]]) -> None:
 
 
 # ------------------------------------------------------------------ 9. AUROC per latent
+@exercise
 def check_auroc_per_latent(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
     """``fn(feature_acts [n, m], label [n] bool) -> auroc [m]``: for each latent, the
     probability that a random positive token has a larger activation than a random

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from decoding_gpt.checks import CheckError, compare_tensors, passed, to_numpy
+from decoding_gpt.checks import CheckError, compare_tensors, exercise, passed, to_numpy
 from decoding_gpt.generation import generate
 from decoding_gpt.transformer import GPT, GPTConfig
 
@@ -40,6 +40,7 @@ def reference_sequence_log_prob(model: GPT, tokens: torch.Tensor) -> torch.Tenso
 
 
 # ----------------------------------------------------------------------------- exercise 1
+@exercise
 def check_sequence_log_prob(fn: Callable[[GPT, torch.Tensor], torch.Tensor]) -> None:
     """``fn(model, tokens[pos]) -> log p(x_1 .. x_T | x_0)`` as a scalar tensor."""
     model = _tiny_model()
@@ -74,6 +75,7 @@ def check_sequence_log_prob(fn: Callable[[GPT, torch.Tensor], torch.Tensor]) -> 
 
 
 # ----------------------------------------------------------------------------- exercise 2
+@exercise
 def check_greedy_decode(fn: Callable[[GPT, torch.Tensor, int], torch.Tensor]) -> None:
     """``fn(model, tokens[pos], n_new) -> tokens[pos + n_new]``, greedy (argmax) decoding."""
     model = _tiny_model(1)

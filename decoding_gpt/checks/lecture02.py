@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from decoding_gpt.checks import CheckError, compare_tensors, passed, to_numpy
+from decoding_gpt.checks import CheckError, compare_tensors, exercise, passed, to_numpy
 from decoding_gpt.foundations.neurons import (
     LIFParams,
     affine_chain,
@@ -29,6 +29,7 @@ __all__ = [
 ]
 
 
+@exercise
 def check_lif_rate(lif_rate: Callable[[np.ndarray, LIFParams], np.ndarray]) -> None:
     """``lif_rate(current, params)``: closed-form LIF firing rate in Hz, 0 below threshold."""
     params = LIFParams(tau=10.0, resistance=10.0, v_th=15.0, t_ref=2.0)
@@ -63,6 +64,7 @@ def check_lif_rate(lif_rate: Callable[[np.ndarray, LIFParams], np.ndarray]) -> N
     passed("check_lif_rate")
 
 
+@exercise
 def check_perceptron_update(
     update: Callable[[np.ndarray, float, np.ndarray, float, float], tuple[np.ndarray, float]],
 ) -> None:
@@ -104,6 +106,7 @@ def check_perceptron_update(
     passed("check_perceptron_update")
 
 
+@exercise
 def check_compose_affine(
     compose: Callable[[list[tuple[np.ndarray, np.ndarray]]], tuple[np.ndarray, np.ndarray]],
 ) -> None:
@@ -143,6 +146,7 @@ def check_compose_affine(
     passed("check_compose_affine")
 
 
+@exercise
 def check_relu_interpolant(
     interpolant: Callable[
         [Callable[[np.ndarray], np.ndarray], np.ndarray], tuple[float, np.ndarray]

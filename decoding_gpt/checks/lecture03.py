@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from decoding_gpt.checks import CheckError, compare_tensors, passed, to_numpy
+from decoding_gpt.checks import CheckError, compare_tensors, exercise, passed, to_numpy
 from decoding_gpt.foundations.backprop import (
     cross_entropy,
     init_mlp,
@@ -34,6 +34,7 @@ def _pair_or_triple(result: object, n: int, call: str) -> tuple:
     return result
 
 
+@exercise
 def check_linear_backward(
     backward: Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, ...]],
 ) -> None:
@@ -62,6 +63,7 @@ def check_linear_backward(
     passed("check_linear_backward")
 
 
+@exercise
 def check_cross_entropy_grad(grad_fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> None:
     """``grad_fn(logits, y) -> dL/dlogits`` of the MEAN softmax cross-entropy."""
     rng = np.random.default_rng(0)
@@ -87,6 +89,7 @@ def check_cross_entropy_grad(grad_fn: Callable[[np.ndarray, np.ndarray], np.ndar
     passed("check_cross_entropy_grad")
 
 
+@exercise
 def check_taylor_remainders(
     remainders: Callable[..., tuple[np.ndarray, np.ndarray]],
 ) -> None:
@@ -119,6 +122,7 @@ def check_taylor_remainders(
     passed("check_taylor_remainders")
 
 
+@exercise
 def check_torch_loss(
     torch_loss: Callable[
         [Sequence[tuple[torch.Tensor, torch.Tensor]], torch.Tensor, torch.Tensor], torch.Tensor

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from decoding_gpt.checks import CheckError, compare_tensors, passed, to_numpy
+from decoding_gpt.checks import CheckError, compare_tensors, exercise, passed, to_numpy
 
 __all__ = ["check_adam_step", "check_conv_output_size", "check_prefix_parity"]
 
@@ -25,6 +25,7 @@ def _conv2d_size(n: int, k: int, s: int, p: int) -> int:
         return conv(torch.zeros(1, 1, n, n)).shape[-1]
 
 
+@exercise
 def check_conv_output_size(conv_size: Callable[[int, int, int, int], int]) -> None:
     """``conv_size(n, kernel_size, stride, padding)`` must match ``nn.Conv2d`` everywhere."""
     for n, k, s, p in itertools.product([5, 8, 11, 28], [1, 2, 3, 5], [1, 2, 3], [0, 1, 2]):
@@ -51,6 +52,7 @@ def check_conv_output_size(conv_size: Callable[[int, int, int, int], int]) -> No
     passed("check_conv_output_size")
 
 
+@exercise
 def check_adam_step(adam_step: Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
     """``adam_step(theta, grad, m, v, t, lr, beta1, beta2, eps) -> (theta, m, v)``, t from 1.
 
@@ -101,6 +103,7 @@ def check_adam_step(adam_step: Callable[..., tuple[np.ndarray, np.ndarray, np.nd
     passed("check_adam_step")
 
 
+@exercise
 def check_prefix_parity(prefix_parity: Callable[[torch.Tensor], torch.Tensor]) -> None:
     """``prefix_parity(bits [n, T]) -> [n, T]`` with ``y_t = (x_1 + ... + x_t) mod 2``."""
     bits = torch.randint(0, 2, (6, 9), generator=torch.Generator().manual_seed(0))

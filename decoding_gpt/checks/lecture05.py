@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from decoding_gpt.checks import CheckError, compare_tensors, passed, to_numpy
+from decoding_gpt.checks import CheckError, compare_tensors, exercise, passed, to_numpy
 from decoding_gpt.checks.markov import (
     brute_bigram_counts,
     check_stationary_distribution,
@@ -36,6 +36,7 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- exercise 2
+@exercise
 def check_bigram_counts(fn: Callable[[list[int], int], torch.Tensor]) -> None:
     """``fn(ids, V) -> C`` with ``C[i, j]`` = number of times ``j`` directly follows ``i``."""
     gen = torch.Generator().manual_seed(5)
@@ -67,6 +68,7 @@ def check_bigram_counts(fn: Callable[[list[int], int], torch.Tensor]) -> None:
 
 
 # ----------------------------------------------------------------------------- exercise 3
+@exercise
 def check_row_normalize(fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
     """``fn(C) -> M``: rows divided by their sums; empty rows stay all zero (no NaN)."""
     counts = torch.tensor(
@@ -100,6 +102,7 @@ def check_row_normalize(fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
 
 
 # ----------------------------------------------------------------------------- exercise 4
+@exercise
 def check_perplexity(fn: Callable[[torch.Tensor, torch.Tensor], float]) -> None:
     """``fn(logits, targets) -> float``: ``exp`` of the mean cross-entropy (natural log)."""
     gen = torch.Generator().manual_seed(7)
@@ -136,6 +139,7 @@ def check_perplexity(fn: Callable[[torch.Tensor, torch.Tensor], float]) -> None:
 
 
 # ----------------------------------------------------------------------------- exercise 5
+@exercise
 def check_merge_pair(fn: Callable[[list[int], tuple[int, int], int], list[int]]) -> None:
     """``fn(ids, pair, new_id)``: replace each non-overlapping occurrence, left to right."""
     cases = [

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from decoding_gpt.checks import CheckError, compare_tensors, passed, to_numpy
+from decoding_gpt.checks import CheckError, compare_tensors, exercise, passed, to_numpy
 from decoding_gpt.checks.components import check_attention_head, check_multi_head_attention
 
 __all__ = [
@@ -48,6 +48,7 @@ def _weights(gen: torch.Generator, d_model: int, d_head: int) -> list[Tensor]:
 
 
 # ----------------------------------------------------------------------------- exercise 1
+@exercise
 def check_causal_mask(fn: Callable[[int], Tensor]) -> None:
     """``fn(n) -> M``: additive ``[n, n]`` mask, ``0`` where ``j <= i``, ``-inf`` where ``j > i``.
 
@@ -102,6 +103,7 @@ def check_causal_mask(fn: Callable[[int], Tensor]) -> None:
 
 
 # ----------------------------------------------------------------------------- exercise 3
+@exercise
 def check_circuits(fn: Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]) -> None:
     """``fn(W_Q, W_K, W_V, W_O) -> (W_QK, W_OV)``, both ``[d_model, d_model]``.
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from decoding_gpt.checks import CheckError, compare_tensors, passed, to_numpy
+from decoding_gpt.checks import CheckError, compare_tensors, exercise, passed, to_numpy
 
 __all__ = ["check_position_spectrum", "check_rotary", "check_sinusoidal"]
 
@@ -44,6 +44,7 @@ def _sinusoidal(
     return pe
 
 
+@exercise
 def check_sinusoidal(fn: Callable[[int, int], Tensor]) -> None:
     """``fn(n_ctx, d_model) -> PE`` with ``PE[p, 2i] = sin(p / 10000^(2i/d))``, ``PE[p, 2i+1] =
     cos(p / 10000^(2i/d))``; shape ``[n_ctx, d_model]``."""
@@ -109,6 +110,7 @@ def _rope(
     return np.concatenate([z.real, z.imag], axis=-1)
 
 
+@exercise
 def check_rotary(fn: Callable[[Tensor, float], Tensor]) -> None:
     """``fn(x, base) -> x_rot`` for ``x: [batch, pos, n_heads, d_head]``: rotate each pair
     ``(x[2i], x[2i+1])`` at position ``p`` by the angle ``p * base^(-2i/d_head)``."""
@@ -161,6 +163,7 @@ def check_rotary(fn: Callable[[Tensor, float], Tensor]) -> None:
 
 
 # ----------------------------------------------------------------------------- exercise 3
+@exercise
 def check_position_spectrum(fn: Callable[[Tensor], Tensor]) -> None:
     """``fn(W_pos) -> S`` for ``W_pos: [n_ctx, d_model]``: the magnitude of the real DFT of
     every column ALONG THE POSITION AXIS, ``S[f, m] = |sum_p W_pos[p, m] e^{-2 pi i f p /

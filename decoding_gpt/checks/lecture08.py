@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from decoding_gpt.checks import CheckError, compare_tensors, passed, to_numpy
+from decoding_gpt.checks import CheckError, compare_tensors, exercise, passed, to_numpy
 from decoding_gpt.checks.components import (
     check_layer_norm,
     check_next_token_loss,
@@ -81,6 +81,7 @@ def _inverted(logits: Tensor, p: float) -> Tensor:
     return logits.masked_fill(keep, float("-inf"))
 
 
+@exercise
 def check_top_p_filter(fn: Callable[[Tensor, float], Tensor]) -> None:
     """``fn(logits [batch, vocab], p)``: logits of the nucleus, ``-inf`` elsewhere.
 

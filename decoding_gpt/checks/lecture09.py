@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from decoding_gpt.checks import CheckError, compare_tensors, passed, to_numpy
+from decoding_gpt.checks import CheckError, compare_tensors, exercise, passed, to_numpy
 
 __all__ = ["check_bits_per_byte", "check_fit_loglog", "check_sequence_perplexity"]
 
@@ -71,6 +71,7 @@ def _perplexity_mistakes(logits: Tensor, tokens: Tensor) -> dict[str, float]:
     }
 
 
+@exercise
 def check_sequence_perplexity(fn: Callable[[Tensor, Tensor], float]) -> None:
     """``fn(logits [batch, pos, V], tokens [batch, pos]) -> float``: next-token perplexity."""
     gen = torch.Generator().manual_seed(9)
@@ -97,6 +98,7 @@ def check_sequence_perplexity(fn: Callable[[Tensor, Tensor], float]) -> None:
 
 
 # ----------------------------------------------------------------------------- exercise 2
+@exercise
 def check_bits_per_byte(fn: Callable[[float, int, int], float]) -> None:
     r"""``fn(mean_nll, n_tokens, n_bytes)``: total information in bits, per byte of text.
 
@@ -134,6 +136,7 @@ def check_bits_per_byte(fn: Callable[[float, int, int], float]) -> None:
 
 
 # ----------------------------------------------------------------------------- exercise 3
+@exercise
 def check_fit_loglog(fn: Callable[[np.ndarray, np.ndarray], tuple[float, float]]) -> None:
     r"""``fn(n, loss) -> (a, exponent)``: least-squares line in log-log space, L = a N^b.
 

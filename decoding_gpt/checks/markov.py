@@ -19,7 +19,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from decoding_gpt.checks import CheckError, compare_tensors, passed, to_numpy
+from decoding_gpt.checks import CheckError, compare_tensors, exercise, passed, to_numpy
 
 __all__ = [
     "STATIONARY_MISTAKES",
@@ -116,6 +116,7 @@ def _chain(n: int, seed: int) -> Float[Tensor, "n n"]:
     return m / m.sum(dim=1, keepdim=True)
 
 
+@exercise
 def check_stationary_distribution(
     fn: Callable[[Float[Tensor, "n n"]], Float[Tensor, " n"]],
 ) -> None:

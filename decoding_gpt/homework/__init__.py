@@ -1,7 +1,8 @@
-"""Instructor tooling for homework: student notebooks from solutions, and a grader.
+"""Instructor tooling: student editions of lectures and homework, and a grader.
 
-A homework is a folder ``homework/hwN_<name>/`` whose ``solution.ipynb`` is the single
-source of truth. It uses nbgrader's markers, so the same notebook works with nbgrader:
+A lecture ``notebooks/NN_<topic>.ipynb`` and a homework ``homework/hwN_<name>/solution.ipynb``
+are the single source of truth of their student editions (``notebooks/student/`` and
+``student.ipynb``). Both use nbgrader's markers, so the same notebook works with nbgrader:
 
 - ``### BEGIN SOLUTION`` / ``### END SOLUTION`` around the answer inside a code cell (or a
   markdown cell): :mod:`decoding_gpt.homework.student` replaces the block by a stub that
@@ -13,7 +14,8 @@ source of truth. It uses nbgrader's markers, so the same notebook works with nbg
 
 Commands (``python -m decoding_gpt.tools.homework --help``):
 
-- ``make-student [--check] [SOLUTION ...]`` writes ``student.ipynb`` beside each solution;
+- ``make-student [--check] [NOTEBOOK ...]`` writes the student edition of each lecture and
+  homework;
   ``--check`` fails if a committed student notebook is out of date (CI runs it);
 - ``grade SUBMISSION.ipynb --solution SOLUTION.ipynb`` executes a submission in a sandbox
   (see :mod:`decoding_gpt.homework.sandbox`) and writes a JSON and CSV score report.

@@ -1,10 +1,18 @@
-"""Generate a student notebook from a solution notebook (nbgrader-compatible markers).
+"""Student editions of lectures and homework, generated from the instructor editions.
 
-The transformation, cell by cell:
+One exercise mechanism for both (nbgrader-compatible markers). The instructor edition
+(``notebooks/NN_topic.ipynb``, ``homework/hwN_topic/solution.ipynb``) holds each exercise
+as one cell whose reference code sits between ``### BEGIN SOLUTION`` and
+``### END SOLUTION``; it runs under nbval with committed outputs. The student edition
+(``notebooks/student/NN_topic.ipynb``, ``homework/hwN_topic/student.ipynb``) is made from
+it, cell by cell:
 
-- code between ``### BEGIN SOLUTION`` and ``### END SOLUTION`` becomes
-  ``raise NotImplementedError("...")`` at the indentation of the BEGIN line, so the stub
-  keeps the surrounding function's structure;
+- code between the markers becomes ``raise NotImplementedError("Not attempted yet: write
+  the body of `name` ...")`` at the indentation of the BEGIN line, where ``name`` is the
+  function or class the block sits in (:func:`decoding_gpt.checks.stub_statement`); the
+  stub raises when the exercise is called, and every check turns that into
+  :class:`decoding_gpt.checks.NotAttempted`, so Run All stops at the first unwritten
+  exercise with its name and never prints a pass for a stub;
 - lines between ``### BEGIN HIDDEN TESTS`` and ``### END HIDDEN TESTS`` are dropped;
 - outputs and execution counts are cleared, and the "source_hidden" flag that collapses
   reference solutions in lectures is removed (there is nothing left to hide).
@@ -16,23 +24,43 @@ the committed student notebook was regenerated after every change to the solutio
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import nbformat
 
+from decoding_gpt.checks import stub_statement
+
 BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
 BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
-CODE_STUB = 'raise NotImplementedError("Your code here: replace this line with your solution.")'
 MARKDOWN_STUB = "YOUR ANSWER HERE"
 STUDENT_FILENAME = "student.ipynb"
+LECTURE_STUDENT_DIR = "student"  # notebooks/student/NN_topic.ipynb
+_DEFINITION = re.compile(r"^(\s*)(?:async\s+)?(?:def|class)\s+(\w+)")
 
 
 class MarkerError(ValueError):
     """A BEGIN marker without its END marker (or the reverse) in a solution notebook."""
 
 
+def enclosing_name(lines: list[str], indent: str) -> str | None:
+    """The innermost ``def``/``class`` above the last of ``lines`` that encloses a line
+    indented by ``indent`` (a method's stub names its class: ``Attention.forward`` reads
+    worse than ``Attention`` to a student, who writes the class)."""
+    names: list[str] = []
+    width = len(indent)
+    for line in reversed(lines):
+        match = _DEFINITION.match(line)
+        if match and len(match.group(1)) < width:
+            names.append(match.group(2))
+            width = len(match.group(1))
+    return names[-1] if names else None
+
+
 def _replace_blocks(lines: list[str], begin: str, end: str, stub: str | None) -> list[str]:
-    """Replace every ``begin``..``end`` block (markers included) by ``stub`` (or nothing)."""
+    """Replace every ``begin``..``end`` block (markers included) by a stub (code cells:
+    the :func:`stub_statement` naming the enclosing function; markdown: ``stub``; hidden
+    tests: nothing, ``stub`` None)."""
     result: list[str] = []
     inside = False
     for number, line in enumerate(lines, start=1):
@@ -42,7 +70,9 @@ def _replace_blocks(lines: list[str], begin: str, end: str, stub: str | None) ->
                 raise MarkerError(f"line {number}: {begin!r} inside another block")
             inside = True
             indent = line[: len(line) - len(line.lstrip())]
-            if stub is not None:
+            if stub == "code":
+                result.append(indent + stub_statement(enclosing_name(result, indent)))
+            elif stub is not None:
                 result.append(indent + stub)
         elif stripped == end:
             if not inside:
@@ -59,7 +89,7 @@ def student_source(source: str, cell_type: str) -> str:
     """The student version of one cell's source."""
     lines = source.split("\n")
     lines = _replace_blocks(lines, BEGIN_HIDDEN, END_HIDDEN, stub=None)
-    stub = CODE_STUB if cell_type == "code" else MARKDOWN_STUB
+    stub = "code" if cell_type == "code" else MARKDOWN_STUB
     lines = _replace_blocks(lines, BEGIN_SOLUTION, END_SOLUTION, stub=stub)
     return "\n".join(lines)
 
@@ -82,6 +112,19 @@ def make_student_notebook(solution: nbformat.NotebookNode) -> nbformat.NotebookN
     return student
 
 
+def student_path(instructor_path: Path) -> Path:
+    """Where the student edition of ``instructor_path`` lives: ``student.ipynb`` beside a
+    homework's ``solution.ipynb``, ``notebooks/student/NAME`` for ``notebooks/NAME``."""
+    if instructor_path.name == "solution.ipynb":
+        return instructor_path.with_name(STUDENT_FILENAME)
+    return instructor_path.parent / LECTURE_STUDENT_DIR / instructor_path.name
+
+
+def has_exercises(notebook: nbformat.NotebookNode) -> bool:
+    """Whether any cell of ``notebook`` holds a solution block."""
+    return any(BEGIN_SOLUTION in cell.source for cell in notebook.cells)
+
+
 def render_student(solution_path: Path) -> str:
     """The student notebook for ``solution_path``, as the exact text to write."""
     solution = nbformat.read(solution_path, as_version=4)
@@ -89,17 +132,17 @@ def render_student(solution_path: Path) -> str:
 
 
 def write_students(solution_paths: list[Path], *, check: bool = False) -> list[Path]:
-    """Write (or with ``check``, compare) ``student.ipynb`` beside each solution.
-
-    Returns the student notebooks that were out of date (with ``check``) or rewritten.
-    """
+    """Write (or with ``check``, compare) the student edition of each instructor edition
+    (:func:`student_path`). Returns the student notebooks that were out of date (with
+    ``check``) or rewritten."""
     changed = []
     for solution_path in solution_paths:
-        target = solution_path.with_name(STUDENT_FILENAME)
+        target = student_path(solution_path)
         text = render_student(solution_path)
         if target.exists() and target.read_text() == text:
             continue
         changed.append(target)
         if not check:
+            target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(text)
     return changed

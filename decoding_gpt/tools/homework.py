@@ -1,4 +1,8 @@
-"""Command line: ``python -m decoding_gpt.tools.homework {make-student,grade} ...``."""
+"""Command line: ``python -m decoding_gpt.tools.homework {make-student,grade} ...``.
+
+``make-student`` writes the student edition of every lecture (``notebooks/student/``) and
+every homework (``student.ipynb``); ``--check`` fails if a committed one is stale.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +15,19 @@ from decoding_gpt.homework.sandbox import Limits
 from decoding_gpt.homework.student import write_students
 from decoding_gpt.tools import prog
 
-DEFAULT_SOLUTIONS = "homework/*/solution.ipynb"
+DEFAULT_SOLUTIONS = ("notebooks/*.ipynb", "homework/*/solution.ipynb")
+
+
+def instructor_editions(root: Path = Path()) -> list[Path]:
+    """Every lecture and homework solution notebook under ``root``, in course order."""
+    return [path for pattern in DEFAULT_SOLUTIONS for path in sorted(root.glob(pattern))]
 
 
 def _make_student(args: argparse.Namespace) -> int:
-    paths = args.solutions or sorted(Path().glob(DEFAULT_SOLUTIONS))
+    paths = args.solutions or instructor_editions()
     if not paths:
         # An empty course (or a fresh fork) has nothing to regenerate: not an error.
-        print(f"no solution notebooks found ({DEFAULT_SOLUTIONS}); nothing to do")
+        print(f"no instructor notebooks found ({', '.join(DEFAULT_SOLUTIONS)}); nothing to do")
         return 0
     changed = write_students([Path(path) for path in paths], check=args.check)
     for path in changed:
@@ -28,7 +37,7 @@ def _make_student(args: argparse.Namespace) -> int:
         hint = "run `python -m decoding_gpt.tools.homework make-student` and commit"
         print(hint, file=sys.stderr)
         return 1
-    print(f"{len(paths)} solution notebook(s) checked, {len(changed)} student notebook(s) changed")
+    print(f"{len(paths)} instructor notebook(s) checked, {len(changed)} student edition(s) changed")
     return 0
 
 
@@ -54,8 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=prog("decoding_gpt.tools.homework"))
     commands = parser.add_subparsers(dest="command", required=True)
 
-    make = commands.add_parser("make-student", help="write student.ipynb beside each solution")
-    make.add_argument("solutions", nargs="*", type=Path, help=f"default: {DEFAULT_SOLUTIONS}")
+    make = commands.add_parser("make-student", help="write the student edition of each notebook")
+    make.add_argument(
+        "solutions", nargs="*", type=Path, help=f"default: {' and '.join(DEFAULT_SOLUTIONS)}"
+    )
     make.add_argument("--check", action="store_true", help="fail if a student notebook is stale")
     make.set_defaults(run=_make_student)
 
