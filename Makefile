@@ -1,7 +1,7 @@
 # The three commands of the README's quickstart, plus maintainer targets.
 #   make install    create .venv, install the CPU build of torch first, then the course with
 #                   its lab, dev and docs extras at the versions in constraints.txt
-#   make lectures   JupyterLab on notebooks/
+#   make lectures   JupyterLab on notebooks/student/ (the student editions)
 #   make test       unit tests + every notebook under nbval (2 workers)
 
 PYTHON ?= python3
@@ -37,7 +37,7 @@ install:
 LAB_ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 lectures:
-	$(BIN)/jupyter lab notebooks/ $(LAB_ROOT_FLAG)
+	$(BIN)/jupyter lab notebooks/student/ $(LAB_ROOT_FLAG)
 
 # Two workers on two cores: one BLAS/OpenMP thread each (oversubscription made small
 # training loops several times slower here). Notebook kernels inherit the setting.
@@ -70,7 +70,7 @@ slides:
 site:
 	PYTHON=$(BIN)/python scripts/build_site.sh
 
-# Fail if a committed homework/*/student.ipynb is stale with respect to its solution.
+# Fail if a committed student edition (notebooks/student/, homework/*/student.ipynb) is stale.
 check-students:
 	$(BIN)/python -m decoding_gpt.tools.homework make-student --check
 

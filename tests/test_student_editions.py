@@ -98,3 +98,27 @@ def test_student_edition_refuses_every_stub(notebook: Path):
         if CHECK_CALL.search(cell.source):
             # every check refuses its stub by name, not with a diagnosis of a wrong answer
             assert name == "NotAttempted", f"check cell {index}: {name or 'no error'}: {message}"
+
+
+EXERCISE_HEADING = re.compile(
+    r"^### Exercise (\d+): .+ \(difficulty ([1-5])/5, ~\d+ min\)\s*$", re.M
+)
+LECTURE_NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))[1:]  # not 00
+
+
+@pytest.mark.parametrize("notebook", LECTURE_NOTEBOOKS, ids=[p.stem for p in LECTURE_NOTEBOOKS])
+def test_lecture_exercises_are_worth_doing(notebook: Path):
+    """At least four exercises per lecture, one of them 3/5 or harder, each announced by a
+    numbered heading with its difficulty and held in exactly one solution cell."""
+    cells = nbformat.read(notebook, as_version=4).cells
+    markdown = "\n".join(cell.source for cell in cells if cell.cell_type == "markdown")
+    headings = EXERCISE_HEADING.findall(markdown)
+    numbers = [int(number) for number, _ in headings]
+    assert numbers == list(range(1, len(numbers) + 1)), f"exercises numbered {numbers}"
+    solutions = [cell for cell in cells if "### BEGIN SOLUTION" in cell.source]
+    assert len(solutions) == len(headings), f"{len(headings)} headings, {len(solutions)} cells"
+    assert len(headings) >= 4, f"only {len(headings)} exercises"
+    hardest = max(int(difficulty) for _, difficulty in headings)
+    assert hardest >= 3, f"the hardest exercise is {hardest}/5"
+    for cell in solutions:
+        assert cell.metadata.get("jupyter", {}).get("source_hidden"), "solution not collapsed"
