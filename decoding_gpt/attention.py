@@ -24,9 +24,12 @@ Transformer Circuits*, 2021):
 - the OV circuit ``W_V W_O`` (``[d_model, d_model]``): what an attended key position
   writes into the query's residual stream.
 
-Positions enter in one of three ways here: a learned table added to the embeddings, the
-fixed sinusoidal table of *Attention Is All You Need*, or rotary embeddings (RoPE, Su et
-al. 2021) that rotate ``q`` and ``k`` so the score ``q_i . k_j`` depends on ``i - j`` only.
+Positions enter in one of three ways in the model here: a learned table added to the
+embeddings, the fixed sinusoidal table of *Attention Is All You Need*, or rotary embeddings
+(RoPE, Su et al. 2021) that rotate ``q`` and ``k`` so the score ``q_i . k_j`` depends on
+``i - j`` only. A fourth, ALiBi (Press et al. 2022), adds a per-head penalty
+``-m_h (i - j)`` to the scores; it is written out here for lecture 07
+(:func:`alibi_attention`), not used by the model.
 
 Two computation paths give the same numbers (tested): the written-out path above, which
 exposes the scores and the pattern to hooks, and a fast path through
@@ -230,6 +233,65 @@ def apply_rotary(
     x_even, x_odd = x[..., 0::2], x[..., 1::2]
     rotated = torch.stack((x_even * cos - x_odd * sin, x_even * sin + x_odd * cos), dim=-1)
     return rotated.flatten(-2)
+
+
+# --------------------------------------------------------------------------- ALiBi
+def alibi_slopes(n_heads: int) -> Float[Tensor, " n_heads"]:
+    r"""ALiBi's per-head slopes (Press, Smith and Lewis 2022).
+
+    For ``n_heads`` a power of two, the geometric sequence
+    :math:`m_h = 2^{-8h/n}` for :math:`h = 1, \dots, n` (8 heads: 1/2, 1/4, ..., 1/256):
+    the first head is the most local, the last looks furthest back. Otherwise the paper's
+    rule: the slopes of the largest power of two :math:`n' < n`, then every other slope of
+    :math:`2n'` until there are ``n_heads``.
+    """
+    if n_heads < 1:
+        raise ValueError(f"ALiBi needs at least one head, got n_heads={n_heads}")
+
+    def geometric(n: int) -> list[float]:
+        return [2.0 ** (-8.0 * h / n) for h in range(1, n + 1)]
+
+    closest = 2 ** int(math.log2(n_heads))
+    slopes = geometric(closest) + geometric(2 * closest)[0::2][: n_heads - closest]
+    return torch.tensor(slopes, dtype=torch.float64)
+
+
+def alibi_bias(
+    n_heads: int, n_queries: int, n_keys: int | None = None
+) -> Float[Tensor, "n_heads q k"]:
+    """``B[h, i, j] = -m_h (i - j)``: a penalty linear in the distance from query to key.
+
+    Queries are the last ``n_queries`` of the ``n_keys`` positions (as with a KV cache), so
+    query row ``i`` sits at position ``n_keys - n_queries + i``. Entries for future keys
+    (``j > i``) are positive; the causal mask removes them. float64 (cast by the caller).
+    """
+    n_keys = n_queries if n_keys is None else n_keys
+    if n_keys < n_queries:
+        raise ValueError(f"n_keys={n_keys} < n_queries={n_queries}: queries must have keys")
+    query_pos = torch.arange(n_keys - n_queries, n_keys, dtype=torch.float64)[:, None]
+    distance = query_pos - torch.arange(n_keys, dtype=torch.float64)[None, :]  # [q, k]
+    return -alibi_slopes(n_heads)[:, None, None] * distance
+
+
+def alibi_attention(
+    q: Float[Tensor, "batch pos n_heads d_head"],
+    k: Float[Tensor, "batch pos n_heads d_head"],
+    v: Float[Tensor, "batch pos n_heads d_head"],
+) -> Float[Tensor, "batch pos n_heads d_head"]:
+    """Causal attention with linear biases, head by head:
+    ``softmax(q k^T / sqrt(d_head) + B_h + M) v`` with ``B_h = -m_h (i - j)``
+    (:func:`alibi_bias`) and the causal mask ``M``.
+
+    Nothing is added to the embeddings or to ``q`` and ``k``: position enters only through
+    the bias, which depends on the offset ``i - j`` alone (relative, like RoPE), and which
+    exists for any length, so a model can run on sequences longer than it was trained on.
+    """
+    n_pos, n_heads = q.shape[1], q.shape[2]
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [batch, n_heads, pos, d_head]
+    bias = alibi_bias(n_heads, n_pos, k.shape[-2]).to(q.dtype).to(q.device)  # [h, q, k]
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]) + bias
+    scores = scores + causal_mask(n_pos, k.shape[-2], device=q.device)
+    return (scores.softmax(dim=-1) @ v).transpose(1, 2)
 
 
 # --------------------------------------------------------------------------- multi-head

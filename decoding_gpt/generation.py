@@ -12,6 +12,11 @@ Decoding rules, applied to the logits ``z`` of the next token:
 - top-p (nucleus, Holtzman et al. 2019): keep the smallest set of most likely tokens whose
   total probability reaches ``p`` (:func:`top_p_filter`).
 
+**Beam search** (:func:`beam_search`) is a search, not a sampling rule: it keeps the
+``beam_width`` continuations of highest total log-probability at every step, and returns
+the best one of the requested length. With width 1 it is greedy decoding; with a width of
+at least ``V^(n - 1)`` it is exhaustive, the most probable ``n``-token continuation.
+
 **KV cache.** Attention at a new position needs the keys and values of every earlier
 position, which do not change when a token is appended (the model is causal). A
 :class:`KVCache` holds them per layer (``[batch, n_heads, pos, d_head]``, a
@@ -119,6 +124,43 @@ def sample_next_token(
         logits = top_p_filter(logits, top_p)
     probs = logits.softmax(dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def beam_search(
+    model: Any, tokens: Int[Tensor, " pos"], max_new_tokens: int, beam_width: int
+) -> tuple[Int[Tensor, " pos_out"], float]:
+    """The continuation of ``tokens`` kept by a beam search, and its log-probability.
+
+    A continuation ``c_1..c_n`` of a prompt ``t`` scores
+    ``S(c) = sum_i log p(c_i | t, c_<i)`` (natural logs). Starting from the prompt alone
+    (score 0), every step extends each kept beam by every token of the vocabulary,
+    ``S(c, v) = S(c) + log_softmax(logits at the last position of c)_v``, and keeps the
+    ``beam_width`` extensions of highest score *over all beams at once* (not the best few
+    of each beam). After ``max_new_tokens`` steps the best beam is returned:
+    ``(prompt + continuation [pos + n], S)``, scored in float64. ``model`` maps ``[batch, pos]``
+    token ids to logits ``[batch, pos, V]``; with a ``cfg.n_ctx`` only the last ``n_ctx``
+    tokens are fed, as in :func:`generate`.
+    """
+    if tokens.ndim != 1 or tokens.shape[0] == 0:
+        raise ValueError(f"tokens must be a non-empty [pos] tensor, got {tuple(tokens.shape)}")
+    check_token_ids(tokens)
+    if beam_width < 1 or max_new_tokens < 0:
+        raise ValueError(
+            f"need beam_width >= 1 and max_new_tokens >= 0, got {beam_width}, {max_new_tokens}"
+        )
+    n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
+    beams = tokens.long()[None]  # [beams, pos]: one beam, the prompt
+    scores = torch.zeros(1, dtype=torch.float64, device=tokens.device)  # [beams]
+    for _ in range(max_new_tokens):
+        window = beams if n_ctx is None else beams[:, -n_ctx:]
+        log_p = model(window)[:, -1].double().log_softmax(-1)  # [beams, V]
+        vocab = log_p.shape[-1]
+        total = (scores[:, None] + log_p).flatten()  # [beams * V]: every extension
+        scores, flat = total.topk(min(beam_width, total.numel()))  # best, over all beams
+        parent, token = flat // vocab, flat % vocab
+        beams = torch.cat([beams[parent], token[:, None]], dim=1)  # [beams, pos + 1]
+    return beams[0], float(scores[0])
 
 
 @torch.no_grad()

@@ -43,6 +43,18 @@ a head whose output is read by later heads (e.g. an S-inhibition head in IOI) ca
 enormously while having a DLA near zero. Use patching (:mod:`decoding_gpt.patching`) for
 total effects.
 
+**The residual stream as a sum.** :func:`decompose_resid` splits the final residual into
+the embeddings and each layer's attention and MLP outputs, in the order they are added
+(``embed, pos_embed, attn_out_0, mlp_out_0, ...``); the pieces sum to
+``blocks.{L-1}.hook_resid_post`` exactly (tested against TransformerLens's
+``ActivationCache.decompose_resid``).
+
+**Embedding geometry.** :func:`token_neighbours` ranks tokens by the cosine similarity of
+their *centred* embedding rows, ``cos(W_E[i] - mu, W_E[j] - mu)`` with ``mu`` the mean row.
+In large models the rows share a large common component (anisotropy), which makes raw
+cosines of unrelated tokens high and hides which tokens the model treats alike; centring
+removes it (and costs nothing where, as in the small shipped models, it is small).
+
 The functions take any model with TransformerLens's hook names and ``run_with_cache``:
 a TransformerLens ``TransformerBridge`` or :class:`decoding_gpt.transformer.GPT`.
 """
@@ -193,10 +205,11 @@ class TunedLens(nn.Module):
         return unembed_with_final_ln(self._model[0], self.translate(resid, layer))
 
 
-def _kl_to_final(
+def kl_to_final(
     final_logits: Float[Tensor, "n d_vocab"], lens_logits: Float[Tensor, "n d_vocab"]
-) -> Tensor:
-    """Mean over rows of ``KL(p_final || p_lens)``."""
+) -> Float[Tensor, ""]:
+    """Mean over rows of ``KL(p_final || p_lens) = sum_v p_final(v) (log p_final(v) -
+    log p_lens(v))``: the tuned lens's training loss and the lens-quality metric."""
     return F.kl_div(
         lens_logits.log_softmax(-1),
         final_logits.log_softmax(-1),
@@ -230,7 +243,7 @@ def lens_kl(
                 logits = unembed_with_final_ln(model, resid[layer])
             else:
                 logits = lens(resid[layer], layer)
-            out.append(_kl_to_final(final, logits))
+            out.append(kl_to_final(final, logits))
     return torch.stack(out)
 
 
@@ -253,7 +266,7 @@ def train_tuned_lens(
     losses = []
     for _ in range(n_steps):
         loss = sum(
-            _kl_to_final(final, lens(resid[layer], layer)) for layer in range(resid.shape[0] - 1)
+            kl_to_final(final, lens(resid[layer], layer)) for layer in range(resid.shape[0] - 1)
         )
         assert isinstance(loss, Tensor)  # a sum of n_layers >= 1 tensors, not the empty 0
         opt.zero_grad()
@@ -261,6 +274,56 @@ def train_tuned_lens(
         opt.step()
         losses.append(float(loss.detach()))
     return lens, losses
+
+
+# --------------------------------------------------------------------------------------
+# The residual stream as a sum
+
+
+def decompose_resid(
+    model: HookedModel, cache: Any
+) -> tuple[Float[Tensor, "component batch pos d_model"], list[str]]:
+    """The final residual ``x_L`` as the sum of what each component wrote into it::
+
+        x_L = embed + pos_embed + sum_l (attn_out_l + mlp_out_l)
+
+    Returns the stacked pieces in that order and their labels (``"embed"``,
+    ``"pos_embed"``, ``"{l}_attn_out"``, ``"{l}_mlp_out"``, TransformerLens's labels);
+    ``pos_embed`` is skipped for models without one, ``mlp_out`` for attention-only ones.
+    """
+    embed = cache["hook_embed"]
+    comps, labels = [embed], ["embed"]
+    if _in_cache(cache, "hook_pos_embed"):
+        comps.append(cache["hook_pos_embed"].expand_as(embed))
+        labels.append("pos_embed")
+    for layer in range(n_layers(model)):
+        for kind in ("attn_out", "mlp_out"):
+            name = hook_name(kind, layer)
+            if _in_cache(cache, name):  # attention-only models have no mlp_out
+                comps.append(cache[name])
+                labels.append(f"{layer}_{kind}")
+    return torch.stack(comps), labels
+
+
+# --------------------------------------------------------------------------------------
+# Embedding geometry
+
+
+def token_neighbours(
+    W_E: Float[Tensor, "d_vocab d_model"], token: int, k: int = 5
+) -> tuple[Int[Tensor, " k"], Float[Tensor, " k"]]:
+    """The ``k`` tokens whose centred embeddings are most cosine-similar to ``token``'s.
+
+    ``cos(W_E[token] - mu, W_E[j] - mu)`` with ``mu = W_E.mean(0)``, over ``j != token``,
+    most similar first. Returns (ids, similarities).
+    """
+    if not 0 <= token < W_E.shape[0]:
+        raise ValueError(f"token {token} outside the vocabulary of {W_E.shape[0]}")
+    centred = F.normalize(W_E - W_E.mean(0), dim=-1)  # unit rows, common mean removed
+    sims = centred @ centred[token]  # [d_vocab]
+    sims[token] = float("-inf")  # a token is not its own neighbour
+    top = sims.topk(k)
+    return top.indices, top.values
 
 
 # --------------------------------------------------------------------------------------

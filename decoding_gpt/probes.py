@@ -24,9 +24,15 @@ How probes mislead, and the guards in this module:
   *type* a random label (drawn from the task's label distribution) and train the same
   probe. **Selectivity = task accuracy - control accuracy**; a good probe is accurate
   *and* selective (:func:`control_labels`, :func:`selectivity`).
+- **Accuracy on a rare class flatters.** A label that is 1 on a tenth of the tokens is
+  "90 % decodable" by a constant; report :func:`balanced_accuracy` (a constant scores
+  ``1 / n_classes``).
 - **Decodable is not used.** A probe shows information is present, not that the model
-  uses it. Test that by *intervening*: add ``alpha * w/||w||`` to the activation at the
-  hook during the forward pass (:func:`add_direction`) and watch the behaviour change.
+  uses it. Test that by *intervening* along a direction (the probe's, or the difference
+  of class means, :func:`mean_difference_direction`): add ``alpha * w/||w||`` to the
+  activation at the hook during the forward pass (:func:`add_direction`, steering), or
+  remove its component ``a - (a . u) u`` (:func:`ablate_direction`, directional
+  ablation), and watch the behaviour change.
 """
 
 from __future__ import annotations
@@ -267,4 +273,92 @@ def add_direction(
     ...     steered_logits = model(tokens)
     """
     with model.hooks(fwd_hooks=[(hook_name, direction_hook(direction, alpha, positions))]):
+        yield model
+
+
+def balanced_accuracy(pred: Int[Tensor, " n"], y: Int[Tensor, " n"]) -> float:
+    """Mean over the classes present in ``y`` of the recall ``P(pred = c | y = c)``.
+
+    With rare classes plain accuracy rewards predicting the majority class (90 % on a
+    label that is 1 on a tenth of the tokens); balanced accuracy gives every class the
+    same weight, so a constant prediction scores ``1 / n_classes``.
+    """
+    if pred.shape != y.shape or y.ndim != 1:
+        raise ValueError(
+            f"pred and y must be [n] vectors, got {tuple(pred.shape)}, {tuple(y.shape)}"
+        )
+    if len(y) == 0:
+        raise ValueError("balanced accuracy of an empty set is undefined")
+    recalls = [(pred[y == c] == c).double().mean() for c in y.unique()]
+    return float(torch.stack(recalls).mean())
+
+
+def task_and_control_accuracy(
+    x: Float[Tensor, "n d"],
+    y: Int[Tensor, " n"],
+    word_type: Int[Tensor, " n"],
+    train: Tensor,
+    test: Tensor,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """Hewitt & Liang's experiment: ``(task, control, selectivity)`` on the test rows.
+
+    The same logistic probe (:func:`fit_logistic_probe`, default penalty) is fitted on the
+    ``train`` rows twice: once on the task labels ``y``, once on the control labels
+    ``control_labels(word_type, y, seed)`` (drawn over *all* rows, so a type keeps its
+    label across the split). Both are scored by :func:`balanced_accuracy` on the ``test``
+    rows, and ``selectivity = task - control``.
+    """
+    _check_xy(x, y)
+    n_classes = max(int(y.max()) + 1, 2)
+    control = control_labels(word_type, y, seed)
+    scores = []
+    for labels in (y, control):
+        probe = fit_logistic_probe(x[train], labels[train], n_classes)
+        scores.append(balanced_accuracy(probe.predict(x[test]), labels[test]))
+    return scores[0], scores[1], selectivity(scores[0], scores[1])
+
+
+def mean_difference_direction(x: Float[Tensor, "n d"], y: Int[Tensor, " n"]) -> Float[Tensor, " d"]:
+    """Unit vector along ``mean(x | y = 1) - mean(x | y = 0)`` (rows with other labels ignored).
+
+    The difference of class means (a "mass-mean probe") points from the negative to the
+    positive class; unlike logistic-regression weights it cannot turn towards directions
+    of low variance that separate the training set by accident.
+    """
+    _check_xy(x, y)
+    if not bool((y == 1).any() and (y == 0).any()):
+        raise ValueError("need rows of both classes 0 and 1")
+    return F.normalize(x[y == 1].mean(0) - x[y == 0].mean(0), dim=0)
+
+
+def project_out(
+    activation: Float[Tensor, "... d"], direction: Float[Tensor, " d"]
+) -> Float[Tensor, "... d"]:
+    """Directional ablation ``a - (a . u) u`` with ``u = direction / ||direction||``.
+
+    The result has no component along ``u`` and is unchanged in the orthogonal complement.
+    """
+    if direction.ndim != 1 or activation.shape[-1] != direction.shape[0]:
+        raise ValueError(
+            f"direction {tuple(direction.shape)} does not fit activation {tuple(activation.shape)}"
+        )
+    unit = F.normalize(direction.detach().to(activation.device, activation.dtype), dim=0)
+    return activation - (activation @ unit)[..., None] * unit
+
+
+def ablation_hook(direction: Float[Tensor, " d"]) -> Any:
+    """A TransformerLens forward hook that applies :func:`project_out` at every position."""
+
+    def hook(activation: Tensor, hook: Any = None) -> Tensor:
+        return project_out(activation, direction)
+
+    return hook
+
+
+@contextlib.contextmanager
+def ablate_direction(model: Any, hook_name: str, direction: Float[Tensor, " d"]) -> Iterator[Any]:
+    """Context manager: inside it, ``model`` runs with ``direction`` projected out at
+    ``hook_name`` (every position), the counterpart of :func:`add_direction`."""
+    with model.hooks(fwd_hooks=[(hook_name, ablation_hook(direction))]):
         yield model

@@ -11,6 +11,11 @@ irreducible entropy, so at small scale we fit the saturating form (Hoffmann et a
 
 .. math:: L(N) = a\, N^{b} + L_\infty, \qquad b = -\alpha < 0.
 
+The fitted :math:`L_\infty` is the asymptote of one sweep (its data budget, context and
+model family), not the entropy of the text: every model's held-out cross-entropy is an
+upper bound on the entropy, and a model trained longer can land below a sweep's
+:math:`L_\infty` (lecture 09 shows one that does).
+
 We report both signs: ``exponent`` is :math:`b`, the slope of
 :math:`\log(L - L_\infty)` against :math:`\log N` (negative when loss falls with size),
 and ``alpha`` is :math:`-b`, the positive number papers quote.

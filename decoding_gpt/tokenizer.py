@@ -230,6 +230,21 @@ def _printable_rank() -> list[int]:
     return rank
 
 
+def tie_break_key(pair: tuple[int, int]) -> tuple[int, int]:
+    """Sort key that breaks ties between equally frequent pairs in BPE training.
+
+    Among the pairs with the highest count, training merges the one with the SMALLEST key.
+    A byte (id < 256) ranks by its printable character (:func:`bytes_to_unicode`), so
+    ``'e'`` comes before ``'Ġ'`` (the space, shifted to code point 288) although byte 32
+    < byte 101; a merged token (id >= 256) ranks after every byte, older merges first.
+    This is HF ``tokenizers``' rule (the smallest pair of its vocabulary ids), which is
+    why our trainer and theirs learn the same merge list.
+    """
+    rank = _printable_rank()
+    a, b = (rank[i] if i < 256 else i for i in pair)
+    return a, b
+
+
 def merge_pair(ids: Sequence[int], pair: tuple[int, int], new_id: int) -> list[int]:
     """Replace every non-overlapping occurrence of ``pair`` in ``ids``, left to right.
 
@@ -262,11 +277,13 @@ class BytePairEncoding:
     ``256 + k`` from the pair ``merges[k]``; special token ``j`` (if any) gets id
     ``256 + len(merges) + j``, after every merge. Training, on the multiset of pre-tokens:
 
-        repeat until vocab_size: find the most frequent adjacent pair (a, b) (counted
-        with multiplicity, non-overlapping within each pre-token) and replace it by a
-        new token everywhere.
+        repeat until vocab_size: find the most frequent adjacent pair (a, b), counted
+        at every position of every pre-token times the pre-token's frequency (so
+        ``"aaa"`` holds ``(a, a)`` twice, as in HF ``tokenizers``), and replace its
+        non-overlapping occurrences, left to right, by a new token everywhere
+        (:func:`merge_pair`: ``"aaa"`` becomes ``[aa, a]``); then count again.
 
-    Ties between equally frequent pairs go to the pair that sorts first when bytes are
+    Ties between equally frequent pairs go to the smallest :func:`tie_break_key`: bytes
     ordered as their printable characters (see :func:`bytes_to_unicode`; so ``'e'`` comes
     before ``'Ġ'``, the space) and merged tokens after all bytes, by age. That is HF
     ``tokenizers``' rule (smallest pair of its ids), so both trainers learn the same merge
@@ -419,13 +436,6 @@ class BytePairEncoding:
             )
         bpe = cls(pattern=pattern)
         splitter = cls(pattern=pattern, special_tokens=specials)
-        byte_rank = _printable_rank()
-
-        def order(pair: tuple[int, int]) -> tuple[int, int]:
-            # tie-break: bytes in printable-alphabet order, then merged tokens by age
-            a, b = (byte_rank[i] if i < 256 else i for i in pair)
-            return a, b
-
         chunks = Counter(
             t[a:b]
             for t in _texts(text_or_texts)
@@ -440,7 +450,7 @@ class BytePairEncoding:
             for pair in zip(word, word[1:], strict=False):
                 where.setdefault(pair, set()).add(w)
         while bpe.vocab_size < vocab_size - len(specials) and counts:
-            pair, count = min(counts.items(), key=lambda kv: (-kv[1], order(kv[0])))
+            pair, count = min(counts.items(), key=lambda kv: (-kv[1], tie_break_key(kv[0])))
             if count <= 0:
                 break
             new_id = bpe._add_merge(pair, count)

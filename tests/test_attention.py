@@ -6,11 +6,15 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers.models.bloom.modeling_bloom import _get_alibi_slopes, build_alibi_tensor
 
 from decoding_gpt.attention import (
     AttentionHead,
     LayerKVCache,
     MultiHeadAttention,
+    alibi_attention,
+    alibi_bias,
+    alibi_slopes,
     apply_rotary,
     attention_pattern,
     causal_mask,
@@ -188,3 +192,49 @@ def test_mask_future_in_place_equals_adding_the_additive_mask(dtype, n_q, n_k):
     got = mask_future(scores.clone())
     assert got.dtype == want.dtype
     assert torch.equal(got, want)
+
+
+# --------------------------------------------------------------------------- ALiBi
+@pytest.mark.parametrize("n_heads", range(1, 17))
+def test_alibi_slopes_match_bloom(n_heads):
+    # Hugging Face's BLOOM implements the paper's rule, non-powers of two included.
+    torch.testing.assert_close(
+        alibi_slopes(n_heads).float(), _get_alibi_slopes(n_heads, torch.device("cpu"))
+    )
+
+
+def test_alibi_slopes_of_eight_heads_are_the_papers():
+    assert alibi_slopes(8).tolist() == [1 / 2**h for h in range(1, 9)]
+    with pytest.raises(ValueError, match="at least one head"):
+        alibi_slopes(0)
+
+
+def test_alibi_bias_is_a_distance_penalty_and_follows_a_cache():
+    bias = alibi_bias(4, 6)
+    i = torch.arange(6.0, dtype=torch.float64)
+    expected = -alibi_slopes(4)[:, None, None] * (i[:, None] - i[None, :])
+    torch.testing.assert_close(bias, expected)
+    torch.testing.assert_close(alibi_bias(4, 2, 6), bias[:, -2:])  # the last two queries
+    with pytest.raises(ValueError, match="n_keys"):
+        alibi_bias(4, 5, 3)
+
+
+def test_alibi_attention_matches_torch_with_a_float_mask():
+    q, k, v = torch.randn(3, 2, 7, 8, 5, dtype=torch.float64)  # [batch, pos, heads, d_head]
+    mask = alibi_bias(8, 7) + causal_mask(7).double()  # [heads, q, k]
+    expected = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask
+    ).transpose(1, 2)
+    torch.testing.assert_close(alibi_attention(q, k, v), expected)
+
+
+def test_alibi_attention_equals_blooms_key_position_form():
+    # BLOOM adds m_h * j (the key's position) instead of -m_h (i - j): the two differ by
+    # m_h * i, a constant along each softmax row, so the patterns agree.
+    n_heads, n_pos = 4, 6
+    q, k, v = torch.randn(3, 2, n_pos, n_heads, 8, dtype=torch.float64)
+    bloom = build_alibi_tensor(torch.ones(2, n_pos), n_heads, torch.float64)  # [b*h, 1, k]
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(8)
+    scores = scores + bloom.view(2, n_heads, 1, n_pos) + causal_mask(n_pos).double()
+    expected = torch.einsum("bhqk,bkhd->bqhd", scores.softmax(-1), v)
+    torch.testing.assert_close(alibi_attention(q, k, v), expected)

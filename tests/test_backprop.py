@@ -115,3 +115,24 @@ def test_training_reduces_loss():
 def test_forward_rejects_wrong_input_width():
     with pytest.raises(ValueError, match="x must be"):
         mlp_forward(init_mlp(SIZES), np.zeros((2, 5)))
+
+
+def test_taylor_test_sees_one_direction_only():
+    # Slope 2 is necessary, not sufficient: an error orthogonal to d leaves r1 second order
+    # along d; a second random direction exposes it (slope 1).
+    params, (x, y) = init_mlp(SIZES, seed=0), _data()
+    theta = flatten_params(params)
+    f = lambda t: loss_and_grads(unflatten_params(t, params), x, y)[0]
+    grad = flatten_params(loss_and_grads(params, x, y)[1])
+    rng = np.random.default_rng(3)
+    direction, other = rng.normal(size=theta.size), rng.normal(size=theta.size)
+    error = rng.normal(size=theta.size)
+    error -= (error @ direction) / (direction @ direction) * direction
+    wrong = grad + 0.5 * np.linalg.norm(grad) / np.linalg.norm(error) * error
+    hs = np.logspace(-2, -5, 7)
+    assert fit_loglog_slope(hs, taylor_remainders(f, wrong, theta, direction, hs)[1]) == (
+        pytest.approx(2.0, abs=0.1)
+    )
+    assert fit_loglog_slope(hs, taylor_remainders(f, wrong, theta, other, hs)[1]) == (
+        pytest.approx(1.0, abs=0.1)
+    )

@@ -5,8 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from decoding_gpt.checks import CheckError
-from decoding_gpt.checks.lecture01 import check_greedy_decode, check_sequence_log_prob
+from decoding_gpt.checks import STUB_PREFIX, CheckError, NotAttempted
+from decoding_gpt.checks.lecture01 import (
+    check_greedy_decode,
+    check_logit_lens,
+    check_sample_top_k,
+    check_sequence_log_prob,
+)
 
 
 # ---------------------------------------------------------------- sequence log-probability
@@ -105,3 +110,155 @@ def test_greedy_decode_accepts_reference(capsys):
 def test_greedy_decode_rejects(wrong, message):
     with torch.no_grad(), pytest.raises(CheckError, match=message):
         check_greedy_decode(wrong)
+
+
+# ---------------------------------------------------------------- temperature and top-k sampling
+def sample_reference(logits, temperature, k, generator):
+    scaled = logits / temperature
+    scaled = scaled.masked_fill(scaled < scaled.topk(k).values[-1], float("-inf"))
+    return int(torch.multinomial(scaled.softmax(-1), 1, generator=generator))
+
+
+def sample_argmax(logits, temperature, k, generator):  # greedy, not a sample
+    return int(logits.argmax())
+
+
+def sample_global_rng(logits, temperature, k, generator):  # ignores the generator
+    scaled = logits / temperature
+    scaled = scaled.masked_fill(scaled < scaled.topk(k).values[-1], float("-inf"))
+    return int(torch.multinomial(scaled.softmax(-1), 1))
+
+
+def sample_no_top_k(logits, temperature, k, generator):  # forgot the filter
+    return int(torch.multinomial((logits / temperature).softmax(-1), 1, generator=generator))
+
+
+def sample_k_minus_one(logits, temperature, k, generator):  # strict > drops the k-th token
+    scaled = logits / temperature
+    scaled = scaled.masked_fill(scaled <= scaled.topk(k).values[-1], float("-inf"))
+    return int(torch.multinomial(scaled.softmax(-1), 1, generator=generator))
+
+
+def sample_times_temperature(logits, temperature, k, generator):  # z * T, not z / T
+    return sample_reference(logits * temperature**2, temperature, k, generator)
+
+
+def sample_probs_over_temperature(logits, temperature, k, generator):  # T after the softmax
+    probs = logits.masked_fill(logits < logits.topk(k).values[-1], float("-inf")).softmax(-1)
+    return int(torch.multinomial(probs / temperature, 1, generator=generator))
+
+
+def sample_returns_probs(logits, temperature, k, generator):  # the distribution, not a token
+    return (logits / temperature).softmax(-1)
+
+
+def test_sample_top_k_accepts_reference(capsys):
+    check_sample_top_k(sample_reference)
+    assert "all checks passed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("wrong", "message"),
+    [
+        (sample_argmax, "you took the argmax"),
+        (sample_global_rng, "pass the generator"),
+        (sample_no_top_k, "not among the 6 most likely"),
+        (sample_k_minus_one, "keep exactly k tokens"),
+        (sample_times_temperature, "multiplied the logits by the temperature"),
+        (sample_probs_over_temperature, "temperature had no effect"),
+        (sample_returns_probs, "return one token id"),
+    ],
+)
+def test_sample_top_k_rejects(wrong, message):
+    with pytest.raises(CheckError, match=message):
+        check_sample_top_k(wrong)
+
+
+# ---------------------------------------------------------------- the logit lens
+def _stream(model, tokens, pos=-1):
+    _, cache = model.run_with_cache(tokens[None])
+    L = model.cfg.n_layers
+    resid = [cache[f"blocks.{layer}.hook_resid_pre"][0, pos] for layer in range(L)]
+    return torch.stack([*resid, cache[f"blocks.{L - 1}.hook_resid_post"][0, pos]]), cache
+
+
+def lens_reference(model, tokens):
+    resid, _ = _stream(model, tokens)
+    return model.unembed(model.ln_final(resid)).softmax(-1)
+
+
+def lens_no_final_ln(model, tokens):  # the old course's bug: raw residual unembedded
+    resid, _ = _stream(model, tokens)
+    return model.unembed(resid).softmax(-1)
+
+
+def lens_frozen_scale(model, tokens):  # x_L's cached LayerNorm scale for every layer
+    resid, cache = _stream(model, tokens)
+    centred = resid - resid.mean(-1, keepdim=True)
+    scale = cache["ln_final.hook_scale"][0, -1]
+    return model.unembed(centred / scale * model.ln_final.w + model.ln_final.b).softmax(-1)
+
+
+def lens_no_b_u(model, tokens):
+    resid, _ = _stream(model, tokens)
+    return (model.ln_final(resid) @ model.unembed.W_U).softmax(-1)
+
+
+def lens_first_position(model, tokens):
+    resid, _ = _stream(model, tokens, pos=0)
+    return model.unembed(model.ln_final(resid)).softmax(-1)
+
+
+def lens_resid_post_only(model, tokens):  # forgets x_0, the embedding
+    _, cache = model.run_with_cache(tokens[None])
+    L = model.cfg.n_layers
+    resid = torch.stack([cache[f"blocks.{layer}.hook_resid_post"][0, -1] for layer in range(L)])
+    return model.unembed(model.ln_final(resid)).softmax(-1)
+
+
+def lens_logits(model, tokens):  # logits, not probabilities
+    resid, _ = _stream(model, tokens)
+    return model.unembed(model.ln_final(resid))
+
+
+def lens_softmax_over_layers(model, tokens):
+    resid, _ = _stream(model, tokens)
+    return model.unembed(model.ln_final(resid)).softmax(0)
+
+
+def test_logit_lens_accepts_reference(capsys):
+    with torch.no_grad():
+        check_logit_lens(lens_reference)
+    assert "all checks passed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("wrong", "message"),
+    [
+        (lens_no_final_ln, "apply the final LayerNorm first"),
+        (lens_frozen_scale, "cached scale"),
+        (lens_no_b_u, "b_U is missing"),
+        (lens_first_position, "LAST one"),
+        (lens_resid_post_only, "L \\+ 1 rows"),
+        (lens_logits, "return probabilities"),
+        (lens_softmax_over_layers, "over the layer axis"),
+    ],
+)
+def test_logit_lens_rejects(wrong, message):
+    with torch.no_grad(), pytest.raises(CheckError, match=message):
+        check_logit_lens(wrong)
+
+
+# ---------------------------------------------------------------- stubs are not attempts
+def _stub(*args, **kwargs):
+    raise NotImplementedError(f"{STUB_PREFIX} write `it` here.")
+
+
+@pytest.mark.parametrize(
+    "check",
+    [check_sequence_log_prob, check_greedy_decode, check_sample_top_k, check_logit_lens],
+)
+def test_checks_refuse_a_stub(check, capsys):
+    with pytest.raises(NotAttempted, match="not attempted yet"):
+        check(_stub)
+    assert "passed" not in capsys.readouterr().out

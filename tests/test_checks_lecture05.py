@@ -7,16 +7,23 @@ materials); the test pins the part of the message that names the mistake.
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from decoding_gpt.checks import CheckError, hw1
+from decoding_gpt.checks import STUB_PREFIX, CheckError, NotAttempted, hw1
 from decoding_gpt.checks import lecture05 as l05
 from decoding_gpt.checks.markov import STATIONARY_MISTAKES
 from decoding_gpt.ngram import bigram_counts, row_normalize, stationary_distribution
-from decoding_gpt.tokenizer import merge_pair
+from decoding_gpt.tokenizer import (
+    END_OF_TEXT,
+    BytePairEncoding,
+    merge_pair,
+    pretokenize,
+    tie_break_key,
+)
 
 
 def _left_eig(m: torch.Tensor, normalise: str = "sum", pick: str = "closest") -> torch.Tensor:
@@ -199,3 +206,85 @@ def test_merge_pair_accepts_reference():
 def test_merge_pair_rejects(wrong, message):
     with pytest.raises(CheckError, match=message):
         l05.check_merge_pair(wrong)
+
+
+# ------------------------------------------------------------------- BPE training loop
+def _train_bpe(text, n_merges, pick=None, stop=True):
+    """The notebook's solution, written out; ``pick`` replaces the tie-break."""
+    chunks = Counter(c for doc in text.split(END_OF_TEXT) for c in pretokenize(doc))
+    words, freqs = [list(c.encode("utf-8")) for c in chunks], list(chunks.values())
+    merges = []
+    for k in range(n_merges):
+        counts = Counter()
+        for word, freq in zip(words, freqs, strict=True):
+            for pair in zip(word, word[1:], strict=False):
+                counts[pair] += freq
+        if not counts and stop:
+            break
+        pair = (pick or (lambda c: min(c, key=lambda p: (-c[p], tie_break_key(p)))))(counts)
+        words = [merge_pair(w, pair, 256 + k) for w in words]
+        merges.append(pair)
+    return merges
+
+
+def _package_bpe(text, n_merges):
+    return BytePairEncoding.train(text, 256 + n_merges + 1, special_tokens=[END_OF_TEXT]).merges
+
+
+def test_train_bpe_accepts_references():
+    l05.check_train_bpe(_package_bpe)
+    l05.check_train_bpe(_train_bpe)
+    l05.check_train_bpe(lambda text, n: l05.BPETrainer().train(text, n))
+
+
+def test_textbook_trainer_equals_the_package_incremental_one():
+    text = l05._stories_text()
+    assert l05.BPETrainer().train(text, 120) == _package_bpe(text, 120)
+
+
+@pytest.mark.parametrize(("name", "trainer", "message"), l05.BPE_MISTAKES, ids=lambda v: v)
+def test_train_bpe_rejects_every_catalogued_mistake(name, trainer, message):
+    with pytest.raises(CheckError) as err:
+        l05.check_train_bpe(trainer.train)
+    assert str(err.value) == message, name
+
+
+@pytest.mark.parametrize(
+    "pick",
+    [
+        lambda c: max(c, key=c.get),  # first seen among the most frequent
+        lambda c: min(c, key=lambda p: (-c[p], p)),  # smallest raw byte ids (' ' = 32 first)
+        lambda c: max(c, key=lambda p: (c[p], p)),  # largest ids
+    ],
+    ids=["first_seen", "raw_ids", "largest"],
+)
+def test_train_bpe_rejects_other_tie_breaks(pick):
+    with pytest.raises(CheckError, match="wins the tie: .*tie_break_key"):
+        l05.check_train_bpe(lambda text, n: _train_bpe(text, n, pick=pick))
+
+
+def test_train_bpe_rejects_a_loop_that_never_stops():
+    with pytest.raises(CheckError, match="no pair is left"):
+        l05.check_train_bpe(lambda text, n: _train_bpe(text, n, stop=False))
+
+
+@pytest.mark.parametrize(
+    ("wrong", "message"),
+    [
+        (lambda text, n: None, "return"),
+        (lambda text, n: _train_bpe(text, n)[:-1], "stopped after"),
+        (lambda text, n: [(a + 1, b) for a, b in _train_bpe(text, n)], "merge 0"),
+        (lambda text, n: [257, 258], "list of merges"),
+    ],
+)
+def test_train_bpe_rejects_malformed_answers(wrong, message):
+    with pytest.raises(CheckError, match=message):
+        l05.check_train_bpe(wrong)
+
+
+def test_train_bpe_stub_is_not_attempted():
+    def stub(text, n_merges):
+        raise NotImplementedError(f"{STUB_PREFIX} write `train_bpe` here.")
+
+    with pytest.raises(NotAttempted, match="train_bpe"):
+        l05.check_train_bpe(stub)

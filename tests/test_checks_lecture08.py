@@ -13,6 +13,7 @@ modules, written-out formulas), not from the checks' own references.
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
@@ -20,11 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from decoding_gpt.checks import CheckError, Mistake
+from decoding_gpt.checks import STUB_PREFIX, CheckError, Mistake, NotAttempted
 from decoding_gpt.checks import lecture08 as l08
 from decoding_gpt.checks.components import BLOCK_MISTAKES, LAYER_NORM_MISTAKES, LOSS_MISTAKES
-from decoding_gpt.generation import top_p_filter
-from decoding_gpt.transformer import LayerNorm, TransformerBlock, next_token_loss
+from decoding_gpt.generation import beam_search, top_p_filter
+from decoding_gpt.transformer import GPT, LayerNorm, TransformerBlock, next_token_loss
 
 
 # ------------------------------------------------------------------- LayerNorm
@@ -282,3 +283,218 @@ def _sorted_output(logits, p):
 def test_top_p_rejects(wrong, message):
     with pytest.raises(CheckError, match=message):
         l08.check_top_p_filter(wrong)
+
+
+# ------------------------------------------------------------------- the whole GPT
+def _gpt(tokens, p, cfg, *, final_ln=True, post_ln=False, pos="embed", parallel=False,
+         causal=True, scale=None, tied=False):  # fmt: skip
+    """An independent GPT from its weights: one head at a time, F.layer_norm, F.gelu;
+    the keyword arguments reproduce one classic mistake each."""
+    n, eps = tokens.shape[1], cfg.layer_norm_eps
+    ln = lambda h, name: F.layer_norm(h, h.shape[-1:], p[name + ".w"], p[name + ".b"], eps)  # noqa: E731
+    mask = torch.tril(torch.ones(n, n)).bool()
+
+    def attn(h, pre):
+        out = p[pre + "b_O"].expand_as(h).clone()
+        for head in range(cfg.n_heads):
+            q, k, v = (h @ p[pre + f"W_{m}"][head] + p[pre + f"b_{m}"][head] for m in "QKV")
+            scores = q @ k.transpose(-1, -2) / (scale or cfg.d_head**0.5)
+            if causal:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            out = out + scores.softmax(-1) @ v @ p[pre + "W_O"][head]
+        return out
+
+    def mlp(h, pre):
+        return F.gelu(h @ p[pre + "W_in"] + p[pre + "b_in"]) @ p[pre + "W_out"] + p[pre + "b_out"]
+
+    w_pos = p["pos_embed.W_pos"]
+    x = p["embed.W_E"][tokens]
+    if pos in ("embed", "by_token"):
+        x = x + (w_pos[:n] if pos == "embed" else w_pos[tokens])
+    for layer in range(cfg.n_layers):
+        b = f"blocks.{layer}."
+        if post_ln:
+            x = ln(x + attn(x, b + "attn."), b + "ln1")
+            x = ln(x + mlp(x, b + "mlp."), b + "ln2")
+        elif parallel:
+            x = x + attn(ln(x, b + "ln1"), b + "attn.") + mlp(ln(x, b + "ln2"), b + "mlp.")
+        else:
+            x = x + attn(ln(x, b + "ln1"), b + "attn.")
+            x = x + mlp(ln(x, b + "ln2"), b + "mlp.")
+    if pos == "end":
+        x = x + p["pos_embed.W_pos"][:n]
+    if final_ln:
+        x = ln(x, "ln_final")
+    return x @ (p["embed.W_E"].T if tied else p["unembed.W_U"]) + p["unembed.b_U"]
+
+
+def test_gpt_forward_accepts_an_independent_gpt_and_the_package_model():
+    l08.check_gpt_forward(_gpt)
+
+    def through_the_package(tokens, params, cfg):
+        model = GPT(cfg).double()
+        model.load_state_dict(params)
+        return model(tokens)
+
+    l08.check_gpt_forward(through_the_package)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"final_ln": False}, "final LayerNorm is missing"),
+        ({"post_ln": True}, "post-LN"),
+        ({"parallel": True}, "AFTER attention has written"),
+        ({"pos": "none"}, "never added"),
+        ({"pos": "end"}, "added at the end"),
+        ({"pos": "by_token"}, "POSITIONS"),
+        ({"causal": False}, "causal mask is missing"),
+        ({"scale": 1.0}, "not divided by sqrt"),
+        ({"tied": True}, "tied"),
+    ],
+)
+def test_gpt_forward_rejects(kwargs, message):
+    with pytest.raises(CheckError, match=message):
+        l08.check_gpt_forward(lambda t, p, c: _gpt(t, p, c, **kwargs))
+
+
+def test_gpt_forward_names_a_leak_from_the_future():
+    def leaky(t, p, c):  # causal, but the last token leaks into every position
+        out = _gpt(t, p, c)
+        return out + 1e-3 * p["embed.W_E"][t[:, -1:]].sum(-1, keepdim=True)
+
+    with pytest.raises(CheckError, match="future into the past"):
+        l08.check_gpt_forward(leaky)
+
+
+# ------------------------------------------------------------------- hooks
+def _in_place(z, hook, head, mean_z):
+    z[:, :, head] = mean_z[:, :, head]  # edit in place, return nothing (TransformerLens allows)
+
+
+def _returned(z, hook, head, mean_z):
+    keep = torch.arange(z.shape[2]) != head  # [head]: True for the heads that stay
+    return torch.where(keep[:, None], z, mean_z)
+
+
+def test_mean_ablate_head_accepts_in_place_and_returned_edits():
+    l08.check_mean_ablate_head(_in_place)
+    l08.check_mean_ablate_head(_returned)
+
+
+def _with(edit):
+    def hook(z, hook, head, mean_z):
+        z = z.clone()
+        edit(z, head, mean_z)
+        return z
+
+    return hook
+
+
+def _replaced_by(value):
+    """The head is replaced, but by ``value(z, mean_z)`` instead of ``mean_z``."""
+    return lambda z, hook, head, mean_z: _returned(z, hook, head, value(z, mean_z))
+
+
+@pytest.mark.parametrize(
+    ("wrong", "message"),
+    [
+        (lambda z, hook, head, mean_z: z, "changed nothing"),
+        (lambda z, hook, head, mean_z: None, "changed nothing"),
+        (_with(lambda z, h, m: z[:, h].copy_(m[:, h].expand_as(z[:, h]))), "POSITION"),
+        (_with(lambda z, h, m: z[..., h].copy_(m[..., h].expand_as(z[..., h]))), "d_head"),
+        (lambda z, hook, head, mean_z: mean_z.expand_as(z), "every head"),
+        (_replaced_by(lambda z, mean_z: z.mean(0, keepdim=True)), "THIS batch"),
+        (_replaced_by(lambda z, mean_z: mean_z.mean(1, keepdim=True)), "positions too"),
+        (_replaced_by(lambda z, mean_z: 0 * mean_z), "set to zero"),
+        (_with(lambda z, h, m: m.mul_(2)), "modified mean_z"),
+    ],
+)  # fmt: skip
+def test_mean_ablate_head_rejects(wrong, message):
+    with pytest.raises(CheckError, match=message):
+        l08.check_mean_ablate_head(wrong)
+
+
+# ------------------------------------------------------------------- beam search
+def _beam_loop(model, tokens, n_new, width):
+    """Independent: lists of (score, sequence), every extension of every beam sorted."""
+    beams = [(0.0, tokens.tolist())]
+    for _ in range(n_new):
+        pool = []
+        for score, seq in beams:
+            log_p = model(torch.tensor([seq]))[0, -1].double().log_softmax(-1)
+            pool += [(score + float(lp), seq + [v]) for v, lp in enumerate(log_p)]
+        beams = sorted(pool, key=lambda c: -c[0])[:width]
+    return torch.tensor(beams[0][1]), beams[0][0]
+
+
+def test_beam_search_accepts_reference_and_a_loop():
+    l08.check_beam_search(beam_search)
+    l08.check_beam_search(_beam_loop)
+
+
+def _beam_wrong(*, step_scores=None, accumulate=True, own_best=False, pos=-1, pick=0,
+                width_one=False, as_prob=False):  # fmt: skip
+    def search(model, tokens, n_new, width):
+        width = 1 if width_one else width
+        beams = [(0.0, tokens.tolist())]
+        for step in range(n_new):
+            pool = []
+            for score, seq in beams:
+                logits = model(torch.tensor([seq]))[0, pos].double()
+                s = (step_scores or (lambda z: z.log_softmax(-1)))(logits)
+                choices = [int(s.argmax())] if own_best and step > 0 else range(len(s))
+                pool += [((score if accumulate else 0.0) + float(s[v]), score + float(s[v]),
+                          seq + [v]) for v in choices]  # fmt: skip
+            pool.sort(key=lambda c: -c[0])
+            beams = [(total, seq) for _, total, seq in pool[:width]]
+        score, seq = beams[pick]
+        return torch.tensor(seq), math.exp(score) if as_prob else score
+
+    return search
+
+
+@pytest.mark.parametrize(
+    ("wrong", "message"),
+    [
+        (_beam_wrong(width_one=True), "greedy decoding"),
+        (_beam_wrong(own_best=True), "its own best token"),
+        (_beam_wrong(accumulate=False), "newest token's log-probability alone"),
+        (_beam_wrong(step_scores=lambda z: z), "raw logits"),
+        (_beam_wrong(step_scores=lambda z: z.softmax(-1)), "added probabilities"),
+        (_beam_wrong(pos=0), "FIRST position"),
+        (_beam_wrong(pick=-1), "worst"),
+        (_beam_wrong(as_prob=True), "LOG-probability"),
+        (lambda m, t, n, w: beam_search(m, t, n, w)[0], "pair"),
+        (lambda m, t, n, w: (beam_search(m, t, n, w)[0][len(t) :], 0.0), "prompt followed"),
+    ],
+)
+def test_beam_search_rejects(wrong, message):
+    with pytest.raises(CheckError, match=message):
+        l08.check_beam_search(wrong)
+
+
+# ------------------------------------------------------------------- stubs
+def _stub(name):
+    def stub(*args, **kwargs):
+        raise NotImplementedError(f"{STUB_PREFIX} write `{name}` here.")
+
+    return stub
+
+
+@pytest.mark.parametrize(
+    "check",
+    [
+        l08.check_layer_norm,
+        l08.check_pre_ln_block,
+        l08.check_gpt_forward,
+        l08.check_next_token_loss,
+        l08.check_mean_ablate_head,
+        l08.check_top_p_filter,
+        l08.check_beam_search,
+    ],
+    ids=lambda c: c.__name__,
+)
+def test_every_check_refuses_a_stub(check):
+    with pytest.raises(NotAttempted, match="not attempted yet"):
+        check(_stub("answer"))

@@ -13,9 +13,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from decoding_gpt.checks import CheckError
+from decoding_gpt.checks import STUB_PREFIX, CheckError, NotAttempted
 from decoding_gpt.checks import lecture09 as l09
-from decoding_gpt.scaling import fit_power_law
+from decoding_gpt.scaling import fit_power_law, fit_saturating_power_law
 
 
 # ------------------------------------------------------------------- sequence perplexity
@@ -124,3 +124,94 @@ def test_fit_loglog_accepts_reference_package_and_log10():
 def test_fit_loglog_rejects(wrong, message):
     with pytest.raises(CheckError, match=message):
         l09.check_fit_loglog(wrong)
+
+
+# ------------------------------------------------------------------- saturating law
+def _saturating(n, loss, clamp=True, grid=400, refine=True):
+    """Independent: a 2-column lstsq for (a, l_inf) at each exponent of a grid, then a
+    finer grid around the best one."""
+
+    def best_for(b):
+        z = n**b
+        (a, l_inf), *_ = np.linalg.lstsq(np.stack([z, np.ones_like(z)], 1), loss, rcond=None)
+        if clamp and l_inf < 0:  # the constrained optimum is on the boundary l_inf = 0
+            a, l_inf = (z @ loss) / (z @ z), 0.0
+        return float(np.sum((loss - a * z - l_inf) ** 2)), a, l_inf
+
+    exponents = -np.geomspace(1e-3, 3.0, grid)
+    i = int(np.argmin([best_for(b)[0] for b in exponents]))
+    b = exponents[i]
+    if refine:
+        fine = np.linspace(exponents[max(i - 1, 0)], exponents[min(i + 1, grid - 1)], 401)
+        b = min(fine, key=lambda e: best_for(e)[0])
+    _, a, l_inf = best_for(b)
+    return a, b, l_inf
+
+
+def test_fit_saturating_accepts_reference_and_package():
+    l09.check_fit_saturating(_saturating)
+    l09.check_fit_saturating(
+        lambda n, loss: (lambda f: (f.a, f.exponent, f.l_inf))(fit_saturating_power_law(n, loss))
+    )
+
+
+def _reordered(order):
+    return lambda n, loss: tuple(_saturating(n, loss)[i] for i in order)
+
+
+@pytest.mark.parametrize(
+    ("wrong", "message"),
+    [
+        (lambda n, loss: (lambda r: (r[0], -r[1], r[2]))(_saturating(n, loss)), "wrong sign"),
+        (_reordered((0, 2, 1)), "floor and the exponent are swapped"),
+        (_reordered((1, 0, 2)), "a and the exponent are swapped"),
+        (
+            lambda n, loss: (fit_power_law(n, loss).a, fit_power_law(n, loss).exponent, 0.0),
+            "pure power law",
+        ),
+        (lambda n, loss: _saturating(n, loss, clamp=False), "cannot be negative"),
+        (lambda n, loss: _saturating(n, loss, grid=8, refine=False), "residual sum of squares"),
+        (lambda n, loss: _saturating(n, loss)[:2], "triple"),
+        (lambda n, loss: None, "return"),
+    ],
+)
+def test_fit_saturating_rejects(wrong, message):
+    with pytest.raises(CheckError, match=message):
+        l09.check_fit_saturating(wrong)
+
+
+def test_fit_saturating_rejects_a_fit_of_log_loss():
+    """Least squares on log L weighs the small losses more: not the optimum in L."""
+
+    def log_space(n, loss):
+        best = None
+        for b in -np.geomspace(1e-3, 3.0, 150):
+            for l_inf in np.linspace(0, 0.99 * loss.min(), 60):
+                z = np.log(loss - l_inf) - b * np.log(n)  # = log a, if the law held exactly
+                log_a = z.mean()
+                err = np.sum((np.log(loss) - np.log(np.exp(log_a) * n**b + l_inf)) ** 2)
+                if best is None or err < best[0]:
+                    best = (err, np.exp(log_a), b, l_inf)
+        return best[1:]
+
+    with pytest.raises(CheckError, match="residual sum of squares|wrong sign"):
+        l09.check_fit_saturating(log_space)
+
+
+# ------------------------------------------------------------------- stubs
+@pytest.mark.parametrize(
+    "check",
+    [
+        l09.check_sequence_perplexity,
+        l09.check_bits_per_byte,
+        l09.check_fit_loglog,
+        l09.check_fit_saturating,
+    ],
+    ids=lambda c: c.__name__,
+)
+def test_every_check_refuses_a_stub(check):
+    def stub(*args, **kwargs):
+        raise NotImplementedError(f"{STUB_PREFIX} write `answer` here.")
+
+    with pytest.raises(NotAttempted, match="not attempted yet"):
+        check(stub)

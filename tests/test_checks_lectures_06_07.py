@@ -25,14 +25,16 @@ from torch import nn
 from decoding_gpt.attention import (
     AttentionHead,
     MultiHeadAttention,
+    alibi_attention,
     apply_rotary,
     causal_mask,
     causal_mask_bool,
     ov_circuit,
     qk_circuit,
+    scaled_dot_product_attention,
     sinusoidal_positional_encoding,
 )
-from decoding_gpt.checks import CheckError
+from decoding_gpt.checks import STUB_PREFIX, CheckError, NotAttempted
 from decoding_gpt.checks import lecture06 as l06
 from decoding_gpt.checks import lecture07 as l07
 from decoding_gpt.checks.components import HEAD_MISTAKES, MULTI_HEAD_MISTAKES, AttentionWeights
@@ -295,6 +297,76 @@ def test_multi_head_attention_rejects_every_catalogued_mistake(mistake, form):
         l06.check_multi_head_attention(impl)
 
 
+# =================================================================== lecture 06: KV cache
+def _cached_reference(x_new, k_cache, v_cache, W_Q, W_K, W_V, W_O):
+    """Independent of the package: F.scaled_dot_product_attention with an explicit mask."""
+    q, k, v = (torch.einsum("pm,hmd->hpd", x_new, W) for W in (W_Q, W_K, W_V))
+    k, v = torch.cat([k_cache, k], dim=1), torch.cat([v_cache, v], dim=1)
+    n_new, n_all = q.shape[1], k.shape[1]
+    allowed = torch.ones(n_all, n_all, dtype=torch.bool).tril()[-n_new:]  # last n_new rows
+    z = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+    return torch.einsum("hqd,hdm->qm", z, W_O), k, v
+
+
+def _cached_wrong(x_new, k_cache, v_cache, W_Q, W_K, W_V, W_O, *, mask="causal", keys="all",
+                  scale=None, cat_dim=1, return_old=False):  # fmt: skip
+    q, k_new, v_new = (torch.einsum("pm,hmd->hpd", x_new, W) for W in (W_Q, W_K, W_V))
+    k_all, v_all = torch.cat([k_cache, k_new], cat_dim), torch.cat([v_cache, v_new], cat_dim)
+    k, v = {"all": (k_all, v_all), "past": (k_cache, v_cache), "new": (k_new, v_new)}[keys]
+    scores = q @ k.transpose(-2, -1) / (scale or math.sqrt(W_Q.shape[-1]))
+    if mask == "top_left":  # the square mask of the new tokens, padded: is_causal=True
+        scores = scores.masked_fill(torch.ones_like(scores, dtype=torch.bool).triu(1), -math.inf)
+    elif mask == "square":  # causal_mask(n_new): does not broadcast once n_past > 0
+        scores = scores + causal_mask(x_new.shape[0]).to(scores.dtype)
+    elif mask == "causal":
+        n_new, n_all = scores.shape[-2:]
+        scores = scores + causal_mask(n_all).to(scores.dtype)[-n_new:]
+    out = torch.einsum("hqk,hkd,hdm->qm", scores.softmax(-1).nan_to_num(0.0), v, W_O)
+    return (out, k_cache, v_cache) if return_old else (out, k_all, v_all)
+
+
+def test_cached_attention_accepts_references():
+    l06.check_cached_attention(_cached_reference)
+    l06.check_cached_attention(_cached_wrong)  # with its defaults it is right
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"mask": "top_left"}, "not shifted by the cache"),
+        ({"mask": "none"}, "each other's future"),
+        ({"mask": "square"}, "RuntimeError .* mask is \\[n_new, n_past \\+ n_new\\]"),
+        ({"keys": "past", "mask": "none"}, "do not attend to themselves"),
+        ({"keys": "new"}, "ignores the cache"),
+        ({"scale": math.sqrt(12)}, "sqrt\\(d_model\\)"),
+        ({"cat_dim": 0}, "position axis \\(dim=1\\)"),
+        ({"return_old": True}, "along the position axis"),
+    ],
+)
+def test_cached_attention_rejects(kwargs, message):
+    with pytest.raises(CheckError, match=message):
+        l06.check_cached_attention(lambda *args: _cached_wrong(*args, **kwargs))
+
+
+def test_cached_attention_rejects_swapped_caches_and_wrong_returns():
+    def swapped(*args):
+        out, k, v = _cached_reference(*args)
+        return out, v, k
+
+    with pytest.raises(CheckError, match="returned k_cache"):
+        l06.check_cached_attention(swapped)
+    with pytest.raises(CheckError, match="triple"):
+        l06.check_cached_attention(lambda *args: _cached_reference(*args)[0])
+
+
+def test_cached_attention_stub_is_not_attempted():
+    def stub(*args):
+        raise NotImplementedError(f"{STUB_PREFIX} write `attend_with_cache` here.")
+
+    with pytest.raises(NotAttempted, match="attend_with_cache"):
+        l06.check_cached_attention(stub)
+
+
 # =================================================================== lecture 07: sinusoidal
 def _sin_table(n_ctx, d, swap=False, halves=False, exponent=2.0, start=0):
     p = torch.arange(start, start + n_ctx, dtype=torch.float64)[:, None]
@@ -394,3 +466,63 @@ def test_position_spectrum_accepts_references():
 def test_position_spectrum_rejects(wrong, message):
     with pytest.raises(CheckError, match=message):
         l07.check_position_spectrum(wrong)
+
+
+# ----------------------------------------------------------------------------- ALiBi
+
+
+def _alibi_loop(q, k, v, first_h=1, sign=-1.0, causal=True, scale=True, reverse=False,
+                bias_scaled=False):  # fmt: skip
+    """ALiBi one head, one query at a time: the student's straightforward loops."""
+    batch, n_pos, n_heads, d_head = q.shape
+    out = torch.zeros_like(q)
+    for h in range(n_heads):
+        head = n_heads - 1 - h if reverse else h
+        m = 2.0 ** (-8.0 * (head + first_h) / n_heads)
+        for i in range(n_pos):
+            keys = range(n_pos) if not causal else range(i + 1)
+            scores = torch.stack([(q[:, i, h] * k[:, j, h]).sum(-1) for j in keys], -1)
+            bias = torch.tensor([sign * m * (i - j) for j in keys], dtype=q.dtype)
+            divisor = math.sqrt(d_head) if scale else 1.0
+            scores = (scores + bias) / divisor if bias_scaled else scores / divisor + bias
+            weights = scores.softmax(-1)  # [batch, keys]
+            out[:, i, h] = torch.einsum("bk,bkd->bd", weights, v[:, : len(keys), h])
+    return out
+
+
+def _alibi_stub(q, k, v):
+    raise NotImplementedError(f"{STUB_PREFIX} write `alibi_attention` here.")
+
+
+def test_alibi_attention_accepts_references():
+    l07.check_alibi_attention(alibi_attention)
+    l07.check_alibi_attention(_alibi_loop)
+    l07.check_alibi_attention(lambda q, k, v: alibi_attention(q.float(), k.float(), v.float()))
+
+
+@pytest.mark.parametrize(
+    ("wrong", "message"),
+    [
+        (lambda q, k, v: _alibi_loop(q, k, v, first_h=0), "start at 2\\^0 = 1"),
+        (lambda q, k, v: _alibi_loop(q, k, v, reverse=True), "reverse order"),
+        (lambda q, k, v: _alibi_loop(q, k, v, sign=1.0), "rewards distance"),
+        (lambda q, k, v: _alibi_loop(q, k, v, causal=False), "future is visible"),
+        (lambda q, k, v: _alibi_loop(q, k, v, bias_scaled=True), "divided by sqrt\\(d_head\\) too"),
+        (lambda q, k, v: _alibi_loop(q, k, v, scale=False), "not divided by sqrt"),
+        (lambda q, k, v: alibi_attention(q, k, v).transpose(1, 2), "transpose it"),
+        (
+            lambda q, k, v: scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+            ).transpose(1, 2),
+            "plain causal attention",
+        ),
+    ],
+)
+def test_alibi_attention_rejects(wrong, message):
+    with pytest.raises(CheckError, match=message):
+        l07.check_alibi_attention(wrong)
+
+
+def test_alibi_attention_refuses_a_stub():
+    with pytest.raises(NotAttempted, match="alibi_attention"):
+        l07.check_alibi_attention(_alibi_stub)

@@ -6,6 +6,7 @@ import torch
 
 from decoding_gpt.generation import (
     KVCache,
+    beam_search,
     generate,
     sample_next_token,
     top_k_filter,
@@ -167,3 +168,74 @@ def test_generate_accepts_every_integer_dtype_alike(model):
     expected = generate(model, start, 3, greedy=True)
     for dtype in (torch.int32, torch.int16, torch.uint8):
         assert torch.equal(generate(model, start.to(dtype), 3, greedy=True), expected)
+
+
+# --------------------------------------------------------------------------- beam search
+def _tiny_model(vocab=4, seed=1) -> GPT:
+    torch.manual_seed(seed)
+    cfg = GPTConfig(d_vocab=vocab, n_ctx=8, d_model=16, n_layers=1, n_heads=2, init_range=1.0)
+    return GPT(cfg).double().eval()  # float64: scores comparable to 1e-9
+
+
+def _log_prob(model, prompt_ids, continuation) -> float:
+    """log p(continuation | prompt) from ONE forward pass over the whole sequence."""
+    seq = torch.cat([prompt_ids, continuation])[None]
+    with torch.no_grad():
+        log_p = model(seq)[0].double().log_softmax(-1)
+    n = len(prompt_ids)
+    return float(sum(log_p[n - 1 + i, int(c)] for i, c in enumerate(continuation)))
+
+
+def _brute_force(model, prompt_ids, n_new, vocab):
+    """The most probable n_new-token continuation, by scoring all vocab ** n_new of them."""
+    grids = torch.cartesian_prod(*[torch.arange(vocab)] * n_new).reshape(-1, n_new)
+    scores = [_log_prob(model, prompt_ids, c) for c in grids]
+    best = max(range(len(scores)), key=scores.__getitem__)
+    return grids[best], scores[best]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_wide_beam_search_is_exhaustive_search(seed):
+    vocab, n_new = 4, 3
+    model = _tiny_model(vocab, seed)
+    prompt_ids = torch.tensor([0, 2])
+    want, want_score = _brute_force(model, prompt_ids, n_new, vocab)
+    out, score = beam_search(model, prompt_ids, n_new, beam_width=vocab ** (n_new - 1))
+    assert torch.equal(out[:2], prompt_ids)
+    assert torch.equal(out[2:], want)
+    assert score == pytest.approx(want_score, abs=1e-9)
+
+
+def test_beam_of_width_one_is_greedy_and_scores_are_log_probs():
+    model = _tiny_model(5, 4)
+    prompt_ids = torch.tensor([1, 3, 0])
+    out, score = beam_search(model, prompt_ids, 5, beam_width=1)
+    assert torch.equal(out, generate(model, prompt_ids, 5, greedy=True))
+    assert score == pytest.approx(_log_prob(model, prompt_ids, out[3:]), abs=1e-9)
+    out2, score2 = beam_search(model, prompt_ids, 5, beam_width=3)
+    assert score2 == pytest.approx(_log_prob(model, prompt_ids, out2[3:]), abs=1e-9)
+
+
+def test_beam_search_beats_greedy_on_some_model_and_never_exceeds_the_optimum():
+    vocab, n_new, wins = 4, 3, 0
+    for seed in range(8):
+        model = _tiny_model(vocab, seed)
+        prompt_ids = torch.tensor([1])
+        _, best = _brute_force(model, prompt_ids, n_new, vocab)
+        _, greedy = beam_search(model, prompt_ids, n_new, beam_width=1)
+        _, beam2 = beam_search(model, prompt_ids, n_new, beam_width=2)
+        assert beam2 <= best + 1e-9 and greedy <= best + 1e-9
+        wins += beam2 > greedy + 1e-9
+    assert wins > 0  # a width-2 beam found a better sequence than greedy at least once
+
+
+def test_beam_search_slides_the_window_and_rejects_bad_input(model):
+    prompt_ids = prompt(1, N_CTX - 2)[0]
+    out, score = beam_search(model, prompt_ids, 4, beam_width=2)  # outgrows n_ctx = 12
+    assert out.shape == (N_CTX + 2,) and score < 0
+    with pytest.raises(ValueError, match="beam_width"):
+        beam_search(model, prompt_ids, 2, beam_width=0)
+    with pytest.raises(ValueError, match="pos"):
+        beam_search(model, prompt(2, 3), 2, beam_width=2)
+    with pytest.raises(ValueError, match="integer"):
+        beam_search(model, prompt_ids.float(), 2, beam_width=2)

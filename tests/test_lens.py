@@ -146,3 +146,51 @@ def test_works_on_our_gpt_too():
     torch.testing.assert_close(
         contrib.sum(0), lens.logit_difference(logits, answers), atol=1e-4, rtol=1e-4
     )
+
+
+# ------------------------------------------------------------------- additions for lecture 10
+def test_decompose_resid_matches_transformer_lens(model, run):
+    _, _, cache = run
+    stack, labels = lens.decompose_resid(model, cache)
+    reference, ref_labels = cache.decompose_resid(return_labels=True)  # TransformerLens's own
+    assert labels == ref_labels
+    torch.testing.assert_close(stack, reference)
+    torch.testing.assert_close(stack.sum(0), cache["blocks.1.hook_resid_post"], atol=1e-5, rtol=0)
+
+
+def test_decompose_resid_attn_only_without_positions():
+    model = _bridge(attn_only=True, normalization_type=None, positional_embedding_type="rotary")
+    tokens = torch.randint(0, 50, (2, 7), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens)
+    stack, labels = lens.decompose_resid(model, cache)
+    assert labels == ["embed", "0_attn_out", "1_attn_out"]
+    torch.testing.assert_close(stack.sum(0), cache["blocks.1.hook_resid_post"], atol=1e-5, rtol=0)
+
+
+def test_kl_to_final_is_the_written_out_kl():
+    gen = torch.Generator().manual_seed(3)
+    final, other = torch.randn(5, 11, generator=gen), torch.randn(5, 11, generator=gen)
+    p, q = final.softmax(-1), other.softmax(-1)
+    written = (p * (p.log() - q.log())).sum(-1).mean()
+    torch.testing.assert_close(lens.kl_to_final(final, other), written)
+    assert lens.kl_to_final(final, final).abs() < 1e-6
+
+
+def test_token_neighbours_brute_force():
+    gen = torch.Generator().manual_seed(4)
+    W_E = torch.randn(30, 8, generator=gen) + 3.0  # a large shared component, as trained rows
+    ids, sims = lens.token_neighbours(W_E, 7, k=4)
+    centred = W_E - W_E.mean(0)
+    brute = sorted(
+        (
+            (F.cosine_similarity(centred[7], centred[j], dim=0).item(), j)
+            for j in range(30)
+            if j != 7
+        ),
+        reverse=True,
+    )[:4]
+    assert ids.tolist() == [j for _, j in brute]
+    torch.testing.assert_close(sims, torch.tensor([s for s, _ in brute]), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        lens.token_neighbours(W_E, 30)

@@ -16,6 +16,7 @@ from decoding_gpt.foundations.neurons import (
     lif_rates_simulated,
     make_mlp,
     make_separable_data,
+    novikoff_bound,
     perceptron_predict,
     perceptron_train,
     perceptron_update,
@@ -81,6 +82,24 @@ def test_perceptron_converges_within_mistake_bound():
     assert history[-1] == 0
     assert n_mistakes <= (radius / gamma) ** 2  # Novikoff's bound
     assert np.array_equal(perceptron_predict(x, w, b), y)
+
+
+def test_novikoff_bound_by_hand_and_scale_free():
+    # Two points (1, 0) -> +1 and (-1, 0) -> -1 separated by u = (1, 0, 0): gamma = 1,
+    # R = |(1, 0, 1)| = sqrt(2), so the bound is 2, whatever the scale of w_star.
+    x, y = np.array([[1.0, 0.0], [-1.0, 0.0]]), np.array([1.0, -1.0])
+    assert novikoff_bound(x, y, np.array([1.0, 0.0, 0.0])) == pytest.approx(2.0)
+    assert novikoff_bound(x, y, np.array([5.0, 0.0, 0.0])) == pytest.approx(2.0)
+    # A tilted separator has a smaller margin, so a looser bound.
+    assert novikoff_bound(x, y, np.array([1.0, 1.0, 0.0])) == pytest.approx(4.0)
+    _, _, w_true, gamma = make_separable_data(50, margin=0.1, seed=1)
+    x, y, _, _ = make_separable_data(50, margin=0.1, seed=1)
+    radius = np.linalg.norm(np.c_[x, np.ones(len(x))], axis=1).max()
+    assert novikoff_bound(x, y, w_true) == pytest.approx((radius / gamma) ** 2)
+    with pytest.raises(ValueError, match="does not separate"):
+        novikoff_bound(x, y, -w_true)
+    with pytest.raises(ValueError, match="w_star must be"):
+        novikoff_bound(x, y, w_true[:-1])
 
 
 def test_perceptron_update_learns_from_zero_and_only_from_mistakes():

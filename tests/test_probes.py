@@ -8,16 +8,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 from sklearn.linear_model import Ridge
+from sklearn.metrics import balanced_accuracy_score
 
 from decoding_gpt.probes import (
+    ablate_direction,
     accuracy,
     add_direction,
+    balanced_accuracy,
     control_labels,
     cross_validated_accuracy,
     fit_linear_probe,
     fit_logistic_probe,
+    mean_difference_direction,
+    project_out,
     selectivity,
     split_by_document,
+    task_and_control_accuracy,
 )
 
 
@@ -164,3 +170,79 @@ def test_add_direction_matches_manual_hook(model):
     )
     torch.testing.assert_close(partial, late)
     torch.testing.assert_close(partial[:, :5], clean[:, :5])
+
+
+def test_balanced_accuracy_matches_sklearn():
+    gen = torch.Generator().manual_seed(3)
+    for n_classes in (2, 3, 5):
+        y = torch.randint(0, n_classes, (200,), generator=gen)
+        y[:150] = 0  # imbalanced
+        pred = torch.where(torch.rand(200, generator=gen) < 0.7, y, torch.zeros_like(y))
+        want = balanced_accuracy_score(y.numpy(), pred.numpy())
+        assert balanced_accuracy(pred, y) == pytest.approx(want)
+    y = torch.tensor([0] * 9 + [1])
+    assert balanced_accuracy(torch.zeros_like(y), y) == pytest.approx(0.5)  # majority: chance
+    with pytest.raises(ValueError):
+        balanced_accuracy(torch.zeros(3, dtype=torch.long), torch.zeros(4, dtype=torch.long))
+
+
+def test_task_and_control_accuracy_is_the_two_probes():
+    gen = torch.Generator().manual_seed(0)
+    n_types, d, n = 60, 6, 1200
+    emb = torch.randn(n_types, d, generator=gen)
+    word = torch.randint(0, n_types, (n,), generator=gen)
+    x = emb[word] + 0.1 * torch.randn(n, d, generator=gen)
+    y = (emb[word, 0] > 0).long()
+    train, test = split_by_document(torch.arange(n) // 20, 0.3)
+    task, control, sel = task_and_control_accuracy(x, y, word, train, test, seed=2)
+    probe = fit_logistic_probe(x[train], y[train], 2)
+    assert task == pytest.approx(balanced_accuracy(probe.predict(x[test]), y[test]))
+    y_ctrl = control_labels(word, y, seed=2)
+    ctrl_probe = fit_logistic_probe(x[train], y_ctrl[train], 2)
+    assert control == pytest.approx(balanced_accuracy(ctrl_probe.predict(x[test]), y_ctrl[test]))
+    assert sel == pytest.approx(task - control)
+    assert task > 0.95 and sel > 0.1
+
+
+def test_mean_difference_direction_recovers_planted_mean_shift():
+    gen = torch.Generator().manual_seed(1)
+    u = F.normalize(torch.randn(16, generator=gen), dim=0)
+    y = torch.randint(0, 2, (4000,), generator=gen)
+    x = torch.randn(4000, 16, generator=gen) + 3.0 * y[:, None] * u + 5.0
+    got = mean_difference_direction(x, y)
+    assert got.norm() == pytest.approx(1.0)
+    assert float(got @ u) > 0.98  # points from class 0 to class 1
+    ref = x[y == 1].mean(0) - x[y == 0].mean(0)
+    torch.testing.assert_close(got, ref / ref.norm())
+    with pytest.raises(ValueError, match="both classes"):
+        mean_difference_direction(x, torch.ones_like(y))
+
+
+def test_project_out_removes_exactly_one_direction():
+    gen = torch.Generator().manual_seed(2)
+    a = torch.randn(3, 5, 8, generator=gen, dtype=torch.float64)
+    w = 4.0 * torch.randn(8, generator=gen, dtype=torch.float64)
+    out = project_out(a, w)
+    u = w / w.norm()
+    projector = torch.eye(8, dtype=torch.float64) - torch.outer(u, u)  # I - u u^T
+    torch.testing.assert_close(out, a @ projector)
+    torch.testing.assert_close(out @ u, torch.zeros(3, 5, dtype=torch.float64))
+    torch.testing.assert_close(project_out(out, w), out)  # idempotent
+    with pytest.raises(ValueError, match="does not fit"):
+        project_out(a, torch.randn(7))
+
+
+def test_ablate_direction_matches_manual_hook(model):
+    hook = "blocks.0.hook_resid_post"
+    tokens = torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(0))
+    direction = torch.randn(64, generator=torch.Generator().manual_seed(1))
+    unit = direction / direction.norm()
+    clean = model(tokens)
+    manual = model.run_with_hooks(
+        tokens, fwd_hooks=[(hook, lambda a, hook: a - (a @ unit)[..., None] * unit)]
+    )
+    with ablate_direction(model, hook, direction):
+        ablated = model(tokens)
+    torch.testing.assert_close(ablated, manual)
+    assert (ablated - clean).abs().max() > 1e-3
+    torch.testing.assert_close(model(tokens), clean)  # hook removed on exit

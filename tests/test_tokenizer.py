@@ -25,6 +25,7 @@ from decoding_gpt.tokenizer import (
     load_hf_tokenizer,
     merge_pair,
     pretokenize,
+    tie_break_key,
     token_frequencies,
     train_hf_bpe,
     zipf_exponent,
@@ -107,6 +108,26 @@ def test_merge_pair_is_left_to_right_and_non_overlapping():
     assert merge_pair([1, 2, 1, 2, 3], (1, 2), 7) == [7, 7, 3]
     assert merge_pair([], (1, 2), 7) == []
     assert merge_pair([2, 1], (1, 2), 7) == [2, 1]
+
+
+def test_tie_break_key_is_hf_vocabulary_order():
+    """HF breaks ties by the smaller pair of its ids: the byte alphabet sorted by printable
+    character, then merged tokens in creation order."""
+    table = bytes_to_unicode()
+    hf_id = {b: i for i, b in enumerate(sorted(range(256), key=lambda b: table[b]))}
+    pairs = [(a, b) for a in range(0, 256, 7) for b in range(3, 256, 11)]
+    by_key = sorted(pairs, key=tie_break_key)
+    assert by_key == sorted(pairs, key=lambda p: (hf_id[p[0]], hf_id[p[1]]))
+    assert tie_break_key((ord("e"), 1)) < tie_break_key((ord(" "), 1))  # 'e' before 'Ġ'
+    assert tie_break_key((255, 0)) < tie_break_key((256, 0)) < tie_break_key((257, 0))
+
+
+def test_bpe_training_counts_overlapping_pairs_as_hf_does():
+    """``"aaa"`` holds (a, a) twice when counting, but merges into [aa, a]."""
+    text = "aaa aaa aaa bb bb bb bb"
+    bpe = BytePairEncoding.train(text, 258)
+    assert bpe.merge_strings() == hf_merges(train_hf_bpe([text], 259)) == [("a", "a"), ("b", "b")]
+    assert bpe.merge_counts == [6, 4]
 
 
 def test_bpe_compresses_and_first_merge_is_most_frequent_pair():

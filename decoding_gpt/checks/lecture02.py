@@ -8,6 +8,7 @@ diagnosis of the likely mistake when it disagrees.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -17,6 +18,10 @@ from decoding_gpt.foundations.neurons import (
     affine_chain,
     compose_affine,
     lif_rate_theory,
+    make_separable_data,
+    novikoff_bound,
+    perceptron_predict,
+    perceptron_train,
     perceptron_update,
     relu_interpolant,
 )
@@ -24,6 +29,7 @@ from decoding_gpt.foundations.neurons import (
 __all__ = [
     "check_compose_affine",
     "check_lif_rate",
+    "check_perceptron_train",
     "check_perceptron_update",
     "check_relu_interpolant",
 ]
@@ -104,6 +110,125 @@ def check_perceptron_update(
                 "on a constant input 1, so it moves by lr * y on a mistake."
             )
     passed("check_perceptron_update")
+
+
+def _train_result(result: object) -> tuple[np.ndarray, float, int, list[int]]:
+    """``(w, b, n_mistakes, history)`` from a student's answer, or a CheckError."""
+    if not isinstance(result, tuple) or len(result) != 4:
+        raise CheckError("perceptron_train must return (w, b, n_mistakes, history).")
+    w, b, n_mistakes, history = result
+    if not isinstance(history, (list, tuple, np.ndarray)):
+        raise CheckError("history must be a list: the number of mistakes in each epoch.")
+    return to_numpy(w, "w"), float(to_numpy(b, "b")), int(n_mistakes), [int(k) for k in history]
+
+
+def _compare_training(
+    got: tuple[np.ndarray, float, int, list[int]],
+    want: tuple[np.ndarray, float, int, list[int]],
+    x: np.ndarray,
+    y: np.ndarray,
+    max_epochs: int,
+) -> None:
+    """Name the likely mistake when a training run differs from the reference."""
+    (w, b, n, history), (want_w, want_b, want_n, want_history) = got, want
+    if history == want_history[:-1] and want_history[-1] == 0:
+        raise CheckError(
+            f"history is {history}, expected {want_history}: record the last epoch too, the "
+            "one with 0 mistakes -- it is the pass that shows the perceptron has converged."
+        )
+    if len(history) > len(want_history) and history[: len(want_history)] == want_history:
+        raise CheckError(
+            f"history has {len(history)} epochs, expected {len(want_history)}: stop after the "
+            "first epoch without a mistake (or after max_epochs), not later."
+        )
+    if len(history) > max_epochs:
+        raise CheckError(f"{len(history)} epochs run with max_epochs = {max_epochs}.")
+    stopped_early = len(history) < len(want_history) and max_epochs > len(history)
+    if stopped_early and not np.all(perceptron_predict(x, w, b) == y):
+        raise CheckError(
+            "training stopped although some points are still misclassified: an epoch "
+            "without a mistake is a full pass over ALL the examples with no update."
+        )
+    if history != want_history:
+        raise CheckError(
+            f"mistakes per epoch are {history}, expected {want_history}. Start at w = 0, "
+            "b = 0, go through the examples in the order given (no shuffling), and count an "
+            "example whenever y (w.x + b) <= 0, i.e. whenever perceptron_update changes w."
+        )
+    if n == len(history) and n != want_n:
+        raise CheckError(f"n_mistakes is {n}, the number of epochs: it counts the updates.")
+    if n != sum(history):
+        raise CheckError(f"n_mistakes is {n}, but history adds up to {sum(history)}.")
+    compare_tensors(w, want_w, "w", atol=1e-9, hint="Start at w = 0 and apply your update.")
+    if not np.isclose(b, want_b, atol=1e-9):
+        raise CheckError(f"b is {b:.4f}, expected {want_b:.4f}.")
+
+
+def _check_bound(
+    bound_fn: Callable[..., Any], x: np.ndarray, y: np.ndarray, w: np.ndarray
+) -> float:
+    """Compare ``bound_fn(x, y, w_star)`` with :func:`novikoff_bound`; return the bound."""
+    want = novikoff_bound(x, y, w)
+    got = float(to_numpy(bound_fn(x.copy(), y.copy(), w.copy()), "novikoff_bound(...)"))
+    augmented = np.c_[x, np.ones(len(x))]
+    gamma = float(np.min(y * (augmented @ w))) / float(np.linalg.norm(w))
+    radius = float(np.linalg.norm(augmented, axis=1).max())
+    wrong = {
+        "R and gamma must be measured in the augmented space (x, 1), where the bias is a "
+        "weight: R = max ||(x_n, 1)||.": (np.linalg.norm(x, axis=1).max() / gamma) ** 2,
+        "the bound is (R / gamma)^2, squared.": radius / gamma,
+        "gamma is the margin of the UNIT vector w_star / ||w_star||: normalise first.": (
+            radius / float(np.min(y * (augmented @ w)))
+        )
+        ** 2,
+        "gamma is the SMALLEST margin min_n y_n u.x_n (the worst-placed point), not the mean.": (
+            radius / (float(np.mean(y * (augmented @ w))) / float(np.linalg.norm(w)))
+        )
+        ** 2,
+    }
+    for message, value in wrong.items():
+        if np.isclose(got, value, rtol=1e-9) and not np.isclose(value, want, rtol=1e-9):
+            raise CheckError(f"novikoff_bound gives {got:.4g}, expected {want:.4g}: {message}")
+    if not np.isclose(got, want, rtol=1e-9):
+        raise CheckError(
+            f"novikoff_bound gives {got:.4g}, expected {want:.4g} = (R / gamma)^2 with "
+            "R = max ||(x_n, 1)||, gamma = min_n y_n u.(x_n, 1), u = w_star / ||w_star||."
+        )
+    return want
+
+
+@exercise
+def check_perceptron_train(
+    train: Callable[..., tuple[np.ndarray, float, int, list[int]]],
+    bound: Callable[[np.ndarray, np.ndarray, np.ndarray], float],
+) -> None:
+    """``train(x, y, lr, max_epochs) -> (w, b, n_mistakes, history)`` and
+    ``bound(x, y, w_star) -> (R / gamma)^2``, against the references of
+    :mod:`decoding_gpt.foundations.neurons` on separable data of three margins, plus a run
+    cut short by ``max_epochs``."""
+    for n, margin, seed, lr in [(40, 0.1, 3, 1.0), (80, 0.05, 4, 0.5), (60, 0.2, 5, 1.0)]:
+        x, y, w_star, _ = make_separable_data(n, margin=margin, seed=seed)
+        got = _train_result(train(x.copy(), y.copy(), lr, 100))
+        want = perceptron_train(x, y, lr, 100)
+        _compare_training(got, want, x, y, 100)
+        if not np.all(perceptron_predict(x, got[0], got[1]) == y):
+            raise CheckError("after training, some points are still misclassified.")
+        limit = _check_bound(bound, x, y, w_star)
+        limit = _check_bound(bound, x, y, 3.0 * w_star)  # the bound has no scale
+        if got[2] > limit:
+            raise CheckError(f"{got[2]} mistakes exceed Novikoff's bound {limit:.1f}.")
+    x, y, _, _ = make_separable_data(80, margin=0.02, seed=6)
+    want = perceptron_train(x, y, 1.0, 2)
+    if len(want[3]) != 2 or want[3][-1] == 0:
+        raise AssertionError("the max_epochs case must need more than 2 epochs")
+    got = _train_result(train(x.copy(), y.copy(), 1.0, 2))
+    if len(got[3]) != 2:
+        raise CheckError(
+            f"with max_epochs = 2 your history has {len(got[3])} epochs: stop after "
+            "max_epochs even if the last epoch still had mistakes."
+        )
+    _compare_training(got, want, x, y, 2)
+    passed("check_perceptron_train")
 
 
 @exercise

@@ -2,22 +2,40 @@
 
 References are written here from the formulas (NumPy for the sinusoidal table, complex
 multiplication for RoPE, ``numpy.fft`` for spectra), independent of
-:mod:`decoding_gpt.attention`. Known mistakes -- including a bug of earlier course
-materials, the Fourier transform of positional embeddings taken across the model
-dimension instead of along the positions -- are tried first and named.
+:mod:`decoding_gpt.attention`; ALiBi attention is compared with
+:func:`decoding_gpt.attention.alibi_attention` (itself tested against Hugging Face's BLOOM
+slopes and ``F.scaled_dot_product_attention``), its mistakes written out here. Known
+mistakes -- including a bug of earlier course materials, the Fourier transform of
+positional embeddings taken across the model dimension instead of along the positions --
+are tried first and named.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from decoding_gpt.checks import CheckError, compare_tensors, exercise, passed, to_numpy
+from decoding_gpt.attention import alibi_attention
+from decoding_gpt.checks import (
+    CheckError,
+    Mistake,
+    compare_tensors,
+    exercise,
+    judge,
+    passed,
+    to_numpy,
+)
 
-__all__ = ["check_position_spectrum", "check_rotary", "check_sinusoidal"]
+__all__ = [
+    "check_alibi_attention",
+    "check_position_spectrum",
+    "check_rotary",
+    "check_sinusoidal",
+]
 
 
 def _diagnose(got: np.ndarray, mistakes: Sequence[tuple[np.ndarray, str]], atol: float) -> None:
@@ -232,3 +250,141 @@ def check_position_spectrum(fn: Callable[[Tensor], Tensor]) -> None:
             hint="S = torch.fft.rfft(W_pos, dim=0).abs().",
         )
     passed("check_position_spectrum")
+
+
+# ----------------------------------------------------------------------------- exercise 4
+def _alibi_variant(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    slopes: str = "paper",
+    sign: float = -1.0,
+    causal: bool = True,
+    bias_scaled: bool = False,
+    scale: bool = True,
+    distance: str = "signed",
+) -> Tensor:
+    """ALiBi attention written out head by head, or one of its classic mistakes.
+
+    ``slopes``: ``"paper"`` (``2^(-8h/n)``, ``h = 1..n``), ``"from_zero"`` (``h = 0..n-1``),
+    ``"reversed"``, ``"no_n"`` (``2^-h``), ``"shared"`` (one slope, ``1/2``), ``"none"``.
+    """
+    n_pos, n_heads, d_head = q.shape[1], q.shape[2], q.shape[3]
+    h = torch.arange(1, n_heads + 1, dtype=torch.float64)
+    m = {
+        "paper": 2.0 ** (-8.0 * h / n_heads),
+        "from_zero": 2.0 ** (-8.0 * (h - 1) / n_heads),
+        "reversed": 2.0 ** (-8.0 * h.flip(0) / n_heads),
+        "no_n": 2.0**-h,
+        "shared": torch.full((n_heads,), 0.5, dtype=torch.float64),
+        "none": torch.zeros(n_heads, dtype=torch.float64),
+    }[slopes]
+    i = torch.arange(n_pos, dtype=torch.float64)
+    offset = i[:, None] - i[None, :]  # [q, k]: i - j
+    offset = offset.abs() if distance == "abs" else offset
+    bias = sign * m[:, None, None] * offset  # [h, q, k]
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k)
+    divisor = math.sqrt(d_head) if scale else 1.0
+    scores = (scores + bias) / divisor if bias_scaled else scores / divisor + bias
+    if causal:
+        future = torch.ones(n_pos, n_pos, dtype=torch.bool).triu(1)
+        scores = scores.masked_fill(future, float("-inf"))
+    return torch.einsum("bhqk,bkhd->bqhd", scores.softmax(-1), v)
+
+
+def _alibi_mistake(**flags: object) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    return lambda q, k, v: _alibi_variant(q, k, v, **flags)  # type: ignore[arg-type]
+
+
+_ALIBI_MISTAKES = [
+    Mistake(
+        "slopes from zero",
+        _alibi_mistake(slopes="from_zero"),
+        "the slopes start at 2^0 = 1: they are m_h = 2^(-8h/n_heads) for h = 1..n_heads "
+        "(8 heads: 1/2, 1/4, ..., 1/256), so the first head's slope is 2^(-8/n_heads).",
+    ),
+    Mistake(
+        "slopes reversed",
+        _alibi_mistake(slopes="reversed"),
+        "the slopes are in reverse order: head 0 gets the STEEPEST slope 2^(-8/n_heads) "
+        "and the last head the gentlest, 2^-8.",
+    ),
+    Mistake(
+        "slopes without n",
+        _alibi_mistake(slopes="no_n"),
+        "the slopes are 2^-h: the exponent is -8h/n_heads, so that they always run from "
+        "2^(-8/n_heads) down to 2^-8 whatever the number of heads.",
+    ),
+    Mistake(
+        "one slope",
+        _alibi_mistake(slopes="shared"),
+        "every head has the same slope: ALiBi gives each head its own, a geometric "
+        "sequence m_h = 2^(-8h/n_heads), so heads look back over different distances.",
+    ),
+    Mistake(
+        "no bias",
+        _alibi_mistake(slopes="none"),
+        "this is plain causal attention: the scores carry no position. Subtract "
+        "m_h (i - j) from head h's scores.",
+    ),
+    Mistake(
+        "sign",
+        _alibi_mistake(sign=1.0),
+        "the bias rewards distance: it is a PENALTY, -m_h (i - j) (zero on the diagonal, "
+        "more negative the further back the key).",
+    ),
+    Mistake(
+        "no mask",
+        _alibi_mistake(causal=False),
+        "the future is visible: add the causal mask (-inf where key j > query i) as well "
+        "as the bias.",
+    ),
+    Mistake(
+        "abs, no mask",
+        _alibi_mistake(causal=False, distance="abs"),
+        "the bias -m |i - j| is right for the past, but without the causal mask the "
+        "future is visible: add -inf where key j > query i.",
+    ),
+    Mistake(
+        "bias scaled",
+        _alibi_mistake(bias_scaled=True),
+        "the bias is divided by sqrt(d_head) too: scale the dot products only, "
+        "q k^T / sqrt(d_head) - m_h (i - j).",
+    ),
+    Mistake(
+        "no scaling",
+        _alibi_mistake(scale=False),
+        "the scores are not divided by sqrt(d_head): q k^T / sqrt(d_head) - m_h (i - j).",
+    ),
+]
+
+
+@exercise
+def check_alibi_attention(fn: Callable[[Tensor, Tensor, Tensor], Tensor]) -> None:
+    """``fn(q, k, v) -> out`` for ``q, k, v: [batch, pos, n_heads, d_head]``: per head,
+    ``softmax(q k^T / sqrt(d_head) - m_h (i - j) + M) v`` with the causal mask ``M`` and
+    ``m_h = 2^(-8h/n_heads)``, ``h = 1..n_heads``; same shape as ``q``. Compared with
+    :func:`decoding_gpt.attention.alibi_attention` for 4 and 8 heads."""
+    gen = torch.Generator().manual_seed(11)
+    for n_heads in (4, 8):
+        q, k, v = torch.randn(3, 2, 9, n_heads, 4, generator=gen, dtype=torch.float64)
+        got_tensor = fn(q.clone(), k.clone(), v.clone())
+        got = to_numpy(got_tensor, "out")
+        want = alibi_attention(q, k, v)
+        if got.shape == (2, n_heads, 9, 4) and got.shape != tuple(want.shape):
+            raise CheckError(
+                f"out has shape {got.shape} = [batch, n_heads, pos, d_head]: transpose it "
+                "back to the layout of q, [batch, pos, n_heads, d_head]."
+            )
+        judge(
+            got,
+            want,
+            _ALIBI_MISTAKES,
+            (q, k, v),
+            what=f"out for {n_heads} heads",
+            atol=1e-5,  # float32 code is accepted
+            hint="scores[h, i, j] = q_i . k_j / sqrt(d_head) - m_h (i - j), -inf for j > i; "
+            "softmax over j; then the weighted sum of v over j.",
+        )
+    passed("check_alibi_attention")

@@ -17,8 +17,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from decoding_gpt.checks import CheckError, compare_tensors, exercise, passed, to_numpy
+from decoding_gpt.scaling import fit_power_law, fit_saturating_power_law
 
-__all__ = ["check_bits_per_byte", "check_fit_loglog", "check_sequence_perplexity"]
+__all__ = [
+    "check_bits_per_byte",
+    "check_fit_loglog",
+    "check_fit_saturating",
+    "check_sequence_perplexity",
+]
 
 
 def _scalar(value: object, name: str) -> float:
@@ -189,3 +195,80 @@ def check_fit_loglog(fn: Callable[[np.ndarray, np.ndarray], tuple[float, float]]
             hint="a = exp(intercept) of the least-squares line (natural logs).",
         )
     passed("check_fit_loglog")
+
+
+# ----------------------------------------------------------------------------- exercise 4
+# (a, exponent, l_inf, k points, noise): a clear floor, a shallow law, and data whose
+# unconstrained best floor is negative, so that the optimum with l_inf >= 0 lies on the
+# boundary l_inf = 0
+_SATURATING_CASES = [
+    (60.0, -0.45, 1.8, 6, 0.005),
+    (8.0, -0.2, 0.6, 8, 0.003),
+    (5.0, -0.1, -0.3, 7, 0.002),
+]
+
+
+def _rss(n: np.ndarray, loss: np.ndarray, a: float, b: float, l_inf: float) -> float:
+    with np.errstate(over="ignore", invalid="ignore"):
+        value = float(np.sum((loss - a * n**b - l_inf) ** 2))
+    return value if math.isfinite(value) else math.inf
+
+
+def _saturating_answer(result: object) -> tuple[float, float, float]:
+    if result is None:
+        raise CheckError("fit returned None: did you forget to `return a, exponent, l_inf`?")
+    if not isinstance(result, tuple | list) or len(result) != 3:
+        raise CheckError(f"return a triple (a, exponent, l_inf), got {type(result).__name__}.")
+    a, b, c = (_scalar(v, name) for v, name in zip(result, ("a", "exponent", "l_inf"), strict=True))
+    return a, b, c
+
+
+@exercise
+def check_fit_saturating(
+    fn: Callable[[np.ndarray, np.ndarray], tuple[float, float, float]],
+) -> None:
+    r"""``fn(n, loss) -> (a, exponent, l_inf)``: least squares in L for L = a N^b + L_inf.
+
+    Minimise :math:`\sum_i (L_i - a N_i^b - L_\infty)^2` with :math:`L_\infty \ge 0`.
+    Accepted when the answer's residual sum of squares is within 0.1 % of the optimum
+    found by :func:`decoding_gpt.scaling.fit_saturating_power_law` (grid + golden
+    section), with ``l_inf >= 0``; wrong answers are matched against the classic mistakes.
+    """
+    rng = np.random.default_rng(5)
+    for a_true, b_true, floor_true, k, noise in _SATURATING_CASES:
+        n = np.geomspace(1e3, 1e6, k)
+        loss = (a_true * n**b_true + floor_true) * np.exp(rng.normal(0, noise, size=k))
+        ref = fit_saturating_power_law(n, loss)
+        a, b, l_inf = _saturating_answer(fn(n.copy(), loss.copy()))
+        tolerance = ref.rss * 1e-3 + 1e-12
+        if _rss(n, loss, a, b, l_inf) <= ref.rss + tolerance and l_inf >= -1e-9:
+            continue
+        what = f"for data from L = {a_true:g} N^{b_true:g} {floor_true:+g} ({k} points)"
+        for answer, message in [
+            ((a, -b, l_inf), "the exponent has the wrong sign: return b in L = a N^b + l_inf, "
+             "NEGATIVE when the loss falls with size (papers quote alpha = -b)."),
+            ((a, l_inf, b), "the floor and the exponent are swapped: return (a, exponent, l_inf)."),
+            ((b, a, l_inf), "a and the exponent are swapped: return (a, exponent, l_inf)."),
+        ]:  # fmt: skip
+            if _rss(n, loss, *answer) <= ref.rss + tolerance:
+                raise CheckError(message)
+        if l_inf < -1e-9:
+            raise CheckError(
+                f"l_inf = {l_inf:.4g} < 0 {what}: a loss floor cannot be negative. Fit with "
+                "l_inf >= 0: when the best unconstrained floor is negative, the optimum lies on "
+                "l_inf = 0, where a = sum(L z) / sum(z z) with z = N^b."
+            )
+        pure = fit_power_law(n, loss)
+        if abs(l_inf) < 1e-9 and math.isclose(b, pure.exponent, rel_tol=1e-4):
+            raise CheckError(
+                f"this is the pure power law (a straight line in log-log space, l_inf = 0) "
+                f"{what}: fit the floor too, by least squares in L itself."
+            )
+        raise CheckError(
+            f"{what} your fit has residual sum of squares {_rss(n, loss, a, b, l_inf):.4g}, "
+            f"the least-squares optimum is {ref.rss:.4g} (a = {ref.a:.4g}, exponent = "
+            f"{ref.exponent:.4g}, l_inf = {ref.l_inf:.4g}). Minimise the squared error of L "
+            "itself (not of log L); for each exponent solve (a, l_inf) exactly, and search the "
+            "exponent finely (a fine grid, then refine around its best point)."
+        )
+    passed("check_fit_saturating")

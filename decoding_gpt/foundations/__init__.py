@@ -4,6 +4,8 @@
   perceptron, why stacked affine maps collapse, ReLU networks as interpolants (02);
 * :mod:`~decoding_gpt.foundations.backprop` -- a NumPy MLP with its backward pass written
   out by hand and checked against autograd (03);
+* :mod:`~decoding_gpt.foundations.micrograd` -- a scalar reverse-mode autodiff engine
+  (``Value``) and the same MLP built from it (03);
 * :mod:`~decoding_gpt.foundations.convnets` -- convolution arithmetic, a small CNN and an
   RNN on offline data (04).
 

@@ -21,9 +21,12 @@ direction :math:`d`,
     r_0(h) = |f(\theta + h d) - f(\theta)| = O(h), \qquad
     r_1(h) = |f(\theta + h d) - f(\theta) - h \nabla f(\theta)\cdot d| = O(h^2).
 
-On a log-log plot :math:`r_0` has slope 1 and :math:`r_1` slope 2 *only if* the gradient is
-right; a wrong gradient leaves :math:`r_1` with slope 1. The test needs float64: in
-float32 round-off swamps :math:`r_1` already at :math:`h \approx 10^{-3}`.
+On a log-log plot :math:`r_0` has slope 1. With the true gradient :math:`r_1` has slope 2;
+with a gradient :math:`g` such that :math:`(\nabla f - g)\cdot d \ne 0` it has slope 1. So
+slope 2 is necessary for a right gradient but checks it along :math:`d` only (an error
+orthogonal to :math:`d` is invisible; try a second random direction), and only against
+the :math:`f` that was coded. The test needs float64: in float32 round-off swamps
+:math:`r_1` already at :math:`h \approx 10^{-3}`.
 """
 
 from __future__ import annotations

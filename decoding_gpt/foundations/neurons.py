@@ -56,6 +56,7 @@ __all__ = [
     "lif_rates_simulated",
     "make_mlp",
     "make_separable_data",
+    "novikoff_bound",
     "perceptron_predict",
     "perceptron_train",
     "perceptron_update",
@@ -237,6 +238,27 @@ def perceptron_train(
         if mistakes == 0:
             break
     return w, b, sum(history), history
+
+
+def novikoff_bound(x: np.ndarray, y: np.ndarray, w_star: np.ndarray) -> float:
+    r"""Novikoff's bound :math:`(R/\gamma)^2` on the perceptron's mistakes, for a separator.
+
+    In the augmented space :math:`\tilde x = (x, 1)` (the bias is the weight of a constant
+    input): :math:`R = \max_n \|\tilde x_n\|` and :math:`\gamma = \min_n y_n\, u \cdot \tilde
+    x_n` with :math:`u = w^* / \|w^*\|`, ``w_star`` being ``[dim + 1]`` with the bias last.
+
+    Raises:
+        ValueError: ``w_star`` does not separate the data (:math:`\gamma \le 0`), so no
+            bound follows from it.
+    """
+    augmented = np.c_[x, np.ones(len(x))]
+    if w_star.shape != (augmented.shape[1],):
+        raise ValueError(f"w_star must be [{augmented.shape[1]}] (weights, then bias)")
+    gamma = float(np.min(y * (augmented @ w_star))) / float(np.linalg.norm(w_star))
+    if gamma <= 0:
+        raise ValueError(f"w_star does not separate the data (margin {gamma:.3g} <= 0)")
+    radius = float(np.linalg.norm(augmented, axis=1).max())
+    return (radius / gamma) ** 2
 
 
 # --------------------------------------------------------------------------- MLPs
