@@ -44,6 +44,7 @@ are trained together (the leading ``instance`` dimension) and read side by side.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -105,6 +106,16 @@ def jl_project(
     return points @ r / math.sqrt(k)
 
 
+def jl_distortion(points: Float[Tensor, "n d"], projected: Float[Tensor, "n k"]) -> float:
+    """Worst relative error of the squared pairwise distances under a map:
+    ``max_{i < j} | ||y_i - y_j||^2 / ||x_i - x_j||^2 - 1 |`` (the ``eps`` that the
+    Johnson-Lindenstrauss lemma bounds). The points must be distinct."""
+    if len(points) != len(projected) or len(points) < 2:
+        raise ValueError("need the same n >= 2 points before and after the map")
+    ratio = torch.pdist(projected).pow(2) / torch.pdist(points).pow(2)  # the n(n-1)/2 pairs
+    return (ratio - 1).abs().max().item()
+
+
 # ----------------------------------------------------------------- toy model
 
 
@@ -138,6 +149,19 @@ class ToyModel(nn.Module):
         return F.relu(out + self.b_final)
 
 
+def toy_model_loss(
+    w: Float[Tensor, "instance hidden feature"],
+    b: Float[Tensor, "instance feature"],
+    x: Float[Tensor, "batch instance feature"],
+    importance: Float[Tensor, "instance feature"],
+) -> Float[Tensor, " instance"]:
+    """The toy model's forward pass and loss, per instance:
+    ``x' = ReLU(W^T W x + b)`` and ``L = mean_batch sum_i I_i (x_i - x'_i)^2``."""
+    h = torch.einsum("ihf,bif->bih", w, x)  # [batch, instance, hidden]
+    x_hat = F.relu(torch.einsum("ihf,bih->bif", w, h) + b)
+    return ((x - x_hat).pow(2) * importance).sum(-1).mean(0)
+
+
 def generate_batch(
     batch_size: int,
     n_features: int,
@@ -152,6 +176,44 @@ def generate_batch(
     return values * on
 
 
+def generate_correlated_batch(
+    batch_size: int,
+    n_pairs: int,
+    feature_probability: Float[Tensor, " instance"],
+    generator: torch.Generator | None = None,
+) -> Float[Tensor, "batch instance feature"]:
+    """``2 n_pairs`` features in pairs ``(2k, 2k + 1)`` that are **correlated**: a pair is
+    on (both features uniform[0, 1], drawn independently) with probability ``p``, else
+    both are 0. Each feature is on with probability ``p``, and ``P(both on) = p``."""
+    shape = (batch_size, len(feature_probability), n_pairs)
+    values = torch.rand(*shape, 2, generator=generator)
+    on = torch.rand(shape, generator=generator) < feature_probability[None, :, None]
+    return (values * on[..., None]).flatten(-2)
+
+
+def generate_anticorrelated_batch(
+    batch_size: int,
+    n_pairs: int,
+    feature_probability: Float[Tensor, " instance"],
+    generator: torch.Generator | None = None,
+) -> Float[Tensor, "batch instance feature"]:
+    """``2 n_pairs`` features in pairs ``(2k, 2k + 1)`` that are **anti-correlated**: a
+    pair is on with probability ``2 p`` and then exactly one of its two features, chosen
+    with a fair coin, is uniform[0, 1]. Each feature is on with probability ``p`` (needs
+    ``p <= 1/2``), and the two of a pair are never on together."""
+    if (feature_probability > 0.5).any():
+        raise ValueError("anti-correlated pairs need feature_probability <= 1/2")
+    shape = (batch_size, len(feature_probability), n_pairs)
+    values = torch.rand(*shape, 2, generator=generator)
+    on = torch.rand(shape, generator=generator) < 2 * feature_probability[None, :, None]
+    first = torch.rand(shape, generator=generator) < 0.5
+    which = torch.stack([first, ~first], dim=-1)  # one of the pair
+    return (values * (on[..., None] & which)).flatten(-2)
+
+
+BatchFn = Callable[[int, int, Tensor, torch.Generator], Tensor]
+
+
 def train_toy_model(
     model: ToyModel,
     importance: Float[Tensor, " feature"] | Float[Tensor, "instance feature"],
@@ -161,11 +223,17 @@ def train_toy_model(
     batch_size: int = 1024,
     lr: float = 1e-2,
     seed: int = 0,
+    data: BatchFn | None = None,
 ) -> list[float]:
     """Adam on the importance-weighted MSE ``mean_batch sum_i I_i (x_i - x'_i)^2``
     (summed over instances, so each instance gets its own gradient). Returns the loss
     per step (averaged over instances). A tqdm progress bar shows the steps;
-    ``TQDM_DISABLE=1`` turns it off."""
+    ``TQDM_DISABLE=1`` turns it off.
+
+    ``data(batch_size, n_features, feature_probability, generator)`` draws the batches:
+    :func:`generate_batch` (independent features) by default; for correlated or
+    anti-correlated pairs pass e.g. ``lambda b, n, p, g: generate_correlated_batch(b,
+    n // 2, p, g)``."""
     n_inst, n_feat = model.cfg.n_instances, model.cfg.n_features
     if sparsity.shape != (n_inst,):
         raise ValueError(f"sparsity must have shape ({n_inst},), got {tuple(sparsity.shape)}")
@@ -177,9 +245,8 @@ def train_toy_model(
     losses = []
     bar = progress_bar(range(steps), desc="train_toy_model")
     for step in bar:
-        x = generate_batch(batch_size, n_feat, 1 - sparsity, gen)
-        err = (x - model(x)).pow(2) * imp[None]
-        loss = err.sum(-1).mean(0)  # [instance]
+        x = (data or generate_batch)(batch_size, n_feat, 1 - sparsity, gen)
+        loss = toy_model_loss(model.W, model.b_final, x, imp)  # [instance]
         opt.zero_grad()
         loss.sum().backward()
         opt.step()
@@ -234,31 +301,35 @@ def phase_diagram(
     batch_size: int = 512,
     lr: float = 1e-2,
     seed: int = 0,
+    n_seeds: int = 1,
+    eval_batch: int = 8192,
 ) -> Tensor:
     """Elhage et al.'s phase diagram: what happens to the *last* feature as its
     importance (others have importance 1) and all features' density ``1 - S`` vary.
 
-    One instance per grid cell, all trained at once. Returns an int grid
+    ``n_seeds`` instances per grid cell (different initialisations), all trained at
+    once; a cell keeps the instance with the lowest loss on ``eval_batch`` fresh samples,
+    since gradient descent can stop in a worse local optimum. Returns an int grid
     ``[n_imp, n_density]``: 0 = last feature not represented (``||W_n|| < 0.5``),
     1 = represented in a dedicated dimension (``D_n > 0.9``), 2 = represented in
     superposition.
     """
     n_imp, n_den = len(relative_importance), len(feature_density)
+    n_cells = n_imp * n_den
     gen = torch.Generator().manual_seed(seed)
-    model = ToyModel(ToyModelConfig(n_features, n_hidden, n_imp * n_den), generator=gen)
-    importance = torch.ones(n_imp, n_den, n_features)
-    importance[:, :, -1] = relative_importance[:, None]
-    sparsity = (1 - feature_density)[None].expand(n_imp, -1).reshape(-1)
+    model = ToyModel(ToyModelConfig(n_features, n_hidden, n_seeds * n_cells), generator=gen)
+    importance = torch.ones(n_seeds, n_imp, n_den, n_features)
+    importance[..., -1] = relative_importance[:, None]
+    importance = importance.reshape(-1, n_features)  # instance = (seed, importance, density)
+    sparsity = (1 - feature_density)[None, None].expand(n_seeds, n_imp, -1).reshape(-1)
     train_toy_model(
-        model,
-        importance.reshape(-1, n_features),
-        sparsity,
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
+        model, importance, sparsity, steps=steps, batch_size=batch_size, lr=lr, seed=seed
     )
-    w = model.W.detach()
+    with torch.no_grad():
+        x = generate_batch(eval_batch, n_features, 1 - sparsity, gen)
+        loss = toy_model_loss(model.W, model.b_final, x, importance).reshape(n_seeds, n_cells)
+    best = loss.argmin(0) * n_cells + torch.arange(n_cells)  # best instance of each cell
+    w = model.W.detach()[best]
     represented = feature_norms(w)[:, -1] > 0.5
     dedicated = feature_dimensionality(w)[:, -1] > 0.9
     phase = torch.where(represented, torch.where(dedicated, 1, 2), 0)

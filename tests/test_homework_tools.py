@@ -2,21 +2,36 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import json
 import pkgutil
+import time
 from pathlib import Path
 
 import nbformat
 import pytest
+import torch
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 import decoding_gpt.checks as checks_package
 from decoding_gpt.checks import CheckError, NotAttempted, exercise, passed
-from decoding_gpt.homework.grade import grade, graded_notebook
-from decoding_gpt.homework.sandbox import Limits, namespaces_available
+from decoding_gpt.homework import grade as grade_module
+from decoding_gpt.homework.grade import DEFAULT_CELL_TIMEOUT, grade, graded_notebook
+from decoding_gpt.homework.runner import GRACE_SECONDS
+from decoding_gpt.homework.sandbox import Limits, namespaces_available, processes_with_marker
+from decoding_gpt.homework.specs import (
+    SPECS,
+    Config,
+    Model,
+    ModuleCase,
+    Seed,
+    Shipped,
+    forbidden_names,
+)
 from decoding_gpt.homework.student import MarkerError, make_student_notebook, student_source
 from decoding_gpt.tools.homework import main as homework_cli
+from decoding_gpt.transformer import GPT, GPTConfig
 
 ANSWER = '''def square(x):
     """Return x squared."""
@@ -183,7 +198,7 @@ def test_looping_submission_times_out_and_grading_goes_on(homework: Path):
     report = grade(_submission(homework, body + "\n\nsquare(1)"), homework / "solution.ipynb",
                    cell_timeout=3, limits=FAST)  # fmt: skip
     assert report.total == 1  # the independent test still ran after the timeout
-    assert report.parts[0].status == "error"  # square is undefined after the interrupt
+    assert report.parts[0].status == "timeout"  # the graded cell calls square: it loops too
 
 
 @pytest.mark.slow
@@ -209,3 +224,158 @@ def test_cli_writes_json_and_csv_reports(homework: Path):
     data = json.loads(out.read_text())
     assert data["total"] == 1 and data["max_total"] == 4
     assert out.with_suffix(".csv").read_text().splitlines()[-1].startswith("TOTAL,1.0,4.0")
+
+
+def test_readme_defaults_are_the_code_defaults():
+    """homework/README.md's table of defaults quotes the values the grader uses."""
+    readme = (Path(__file__).resolve().parents[1] / "homework" / "README.md").read_text()
+    table = readme.split("### Defaults", 1)[1]
+    rows = {
+        cells[0]: cells[-1]
+        for line in table.splitlines()
+        if line.startswith("| ") and not line.startswith("|---")
+        for cells in [[cell.strip() for cell in line.strip("|").split("|")]]
+    }
+    defaults = Limits()
+    assert rows["time per cell"] == f"{DEFAULT_CELL_TIMEOUT:g} s"
+    assert rows["grace after SIGINT before SIGKILL"] == f"{GRACE_SECONDS:g} s"
+    assert rows["time per submission"] == f"{defaults.wall_seconds:g} s"
+    memory_row = "memory of the whole sandbox (and each process's address space)"
+    assert rows[memory_row] == f"{defaults.memory_bytes / 1024**3:g} GiB"
+    assert defaults.address_space_bytes == defaults.memory_bytes
+    assert rows["tasks (processes and threads) in the sandbox"] == str(defaults.max_processes)
+    assert rows["size of one file written"] == f"{defaults.file_size_bytes // 1024**2} MiB"
+    assert rows["output kept in the report"] == f"{defaults.output_bytes // 1024} KiB"
+
+
+@pytest.mark.slow
+def test_grade_class_writes_a_gradebook_and_feedback(homework: Path):
+    folder = homework.parent / "submissions"
+    folder.mkdir()
+    _submission(homework, "    return x ** 2", name="submissions/alice.ipynb")
+    _submission(homework, "    raise ValueError('boom')", name="submissions/bob.ipynb")
+    (folder / "carol.ipynb").write_bytes(b"\xff not a notebook")  # a report, not a crash
+    out = homework.parent / "grades"
+    assert homework_cli(["grade-class", str(folder), "--solution",
+                         str(homework / "solution.ipynb"), "--out", str(out),
+                         "--workers", "2", "--cell-timeout", "30"]) == 0  # fmt: skip
+    rows = (out / "gradebook.csv").read_text().splitlines()
+    assert rows[0].startswith("submission,square_test,free,total,max_total")
+    totals = {row.split(",")[0]: row.split(",")[3] for row in rows[1:]}
+    assert totals == {"alice.ipynb": "4.0", "bob.ipynb": "1.0", "carol.ipynb": "0.0"}
+    assert "boom" in (out / "bob.feedback.txt").read_text()
+    assert "unreadable" in (out / "carol.feedback.txt").read_text()
+    assert len(json.loads((out / "gradebook.json").read_text())) == 3
+
+
+@pytest.mark.slow
+def test_without_namespaces_the_report_says_degraded(homework: Path, monkeypatch):
+    monkeypatch.setattr(grade_module, "namespaces_available", lambda: False)
+    report = grade(_submission(homework, "    return x ** 2"), homework / "solution.ipynb",
+                   cell_timeout=30, limits=FAST)  # fmt: skip
+    assert (report.total, report.sandbox) == (4, "rlimits-only")
+    assert any("no unprivileged user namespaces" in why for why in report.degraded)
+    time.sleep(0.2)
+    assert processes_with_marker(report.sandbox_id) == []
+
+
+def _run_case(fn, case: tuple):
+    """What the sandbox's harness does with one case, in this process (trusted code only)."""
+
+    def decode(value):
+        if isinstance(value, Seed):
+            return torch.Generator().manual_seed(value.seed)
+        if isinstance(value, Config):
+            return GPTConfig(**value.kwargs)
+        if isinstance(value, Shipped):
+            return value.build()
+        if isinstance(value, Model):
+            model = GPT(GPTConfig(**value.config.kwargs))
+            model.load_state_dict(value.state)
+            return model.eval()
+        return value
+
+    if len(case) == 1 and isinstance(case[0], ModuleCase):
+        module = fn(*map(decode, case[0].args))
+        module.load_state_dict(case[0].state, strict=True)
+        with torch.no_grad():
+            return module.eval()(*case[0].inputs)
+    return fn(*map(decode, case))
+
+
+def _answers(solution: Path) -> dict:
+    """The imports, functions and classes of a solution notebook's ungraded code cells."""
+    kept = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.ClassDef)
+    namespace: dict = {}
+    for cell in nbformat.read(solution, as_version=4).cells:
+        if cell.cell_type != "code" or cell.get("metadata", {}).get("nbgrader", {}).get("grade"):
+            continue
+        lines = [line for line in cell.source.splitlines() if not line.startswith("%")]
+        tree = ast.parse("\n".join(lines))
+        tree.body = [node for node in tree.body if isinstance(node, kept)]
+        exec(compile(tree, str(solution), "exec"), namespace)
+    return namespace
+
+
+@pytest.mark.parametrize("folder", sorted(SPECS))
+def test_solutions_pass_their_specs(folder: str):
+    solution = Path(__file__).resolve().parents[1] / "homework" / folder / "solution.ipynb"
+    namespace = _answers(solution)
+    cells = nbformat.read(solution, as_version=4).cells
+    sources = {
+        cell.metadata["nbgrader"]["grade_id"]: cell.source
+        for cell in cells
+        if cell.get("metadata", {}).get("nbgrader", {}).get("solution")
+    }
+    for grade_id, spec in SPECS[folder].items():
+        cases = spec.cases()
+        outputs = [_run_case(namespace[spec.function], case) for case in cases]
+        assert spec.judge(cases, outputs) is None, grade_id
+        assert forbidden_names(sources[spec.answer_id], spec.forbidden) == [], grade_id
+
+
+def test_specs_reject_classic_mistakes():
+    def unscaled(q, k):  # no 1/sqrt(d_head)
+        scores = q @ k.transpose(-2, -1)
+        mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).triu(1)
+        return scores.masked_fill(mask, float("-inf")).softmax(-1)
+
+    def query_softmax(q, k):  # softmax over the query axis
+        scores = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5
+        mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).triu(1)
+        return scores.masked_fill(mask, float("-inf")).softmax(-2)
+
+    def counts(ids, vocab):  # counts, not probabilities
+        m = torch.zeros(vocab, vocab, dtype=torch.float64)
+        for a, b in zip(ids, ids[1:], strict=False):
+            m[a, b] += 1
+        return m
+
+    def unshifted_loss(logits, tokens):  # predicts the token at t from logits at t
+        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens.flatten())
+
+    wrong = [
+        ("hw3_transformer_from_scratch", "attention_pattern_tests", unscaled),
+        ("hw3_transformer_from_scratch", "attention_pattern_tests", query_softmax),
+        ("hw1_markov_tokenization", "transition_matrix_tests", counts),
+        ("hw3_transformer_from_scratch", "loss_tests", unshifted_loss),
+        (
+            "hw2_superposition_geometry",
+            "welch_bound_tests",
+            lambda n, d: max(n - d, 0) / (d * max(n - 1, 1)),
+        ),
+    ]
+    for folder, grade_id, fn in wrong:
+        spec = SPECS[folder][grade_id]
+        cases = spec.cases()
+        assert spec.judge(cases, [_run_case(fn, case) for case in cases]) is not None, fn
+
+
+def test_forbidden_names_are_read_from_the_source():
+    banned = ("decoding_gpt", "MultiheadAttention")
+    assert forbidden_names("from decoding_gpt.attention import X", banned) == ["decoding_gpt"]
+    assert forbidden_names("%time 0\nimport torch.nn\ny = torch.nn.MultiheadAttention", banned) == [
+        "MultiheadAttention"
+    ]
+    assert forbidden_names("def f(x):\n    return x", banned) == []
+    assert forbidden_names("def f(:", banned) == list(banned)  # unreadable: nothing vouched for

@@ -14,8 +14,11 @@ from decoding_gpt.superposition import (
     ToyModelConfig,
     feature_dimensionality,
     feature_norms,
+    generate_anticorrelated_batch,
     generate_batch,
+    generate_correlated_batch,
     jl_dimension,
+    jl_distortion,
     jl_project,
     max_overlap,
     n_features_represented,
@@ -23,6 +26,7 @@ from decoding_gpt.superposition import (
     phase_diagram,
     random_unit_vectors,
     superposition_ratio,
+    toy_model_loss,
     train_toy_model,
     welch_bound,
 )
@@ -152,3 +156,66 @@ def test_training_progress_bar_obeys_tqdm_disable(monkeypatch, capsys, env, show
     train_toy_model(model, torch.ones(5), torch.full((2,), 0.9), steps=3, batch_size=8)
     out, err = capsys.readouterr()
     assert out == "" and ("train_toy_model" in err) == shown and (err == "") != shown
+
+
+def test_jl_distortion_matches_a_loop_over_pairs():
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(12, 30, generator=gen, dtype=torch.float64)
+    y = jl_project(x, 8, gen)
+    worst = max(
+        abs(float((y[i] - y[j]).pow(2).sum() / (x[i] - x[j]).pow(2).sum()) - 1)
+        for i in range(12)
+        for j in range(i + 1, 12)
+    )
+    assert jl_distortion(x, y) == pytest.approx(worst)
+    assert jl_distortion(x, 2 * x) == pytest.approx(3.0)  # every squared distance x4
+    with pytest.raises(ValueError):
+        jl_distortion(x, y[:5])
+
+
+def test_toy_model_loss_matches_the_model_and_a_loop():
+    gen = torch.Generator().manual_seed(0)
+    model = ToyModel(ToyModelConfig(5, 2, 3), generator=gen)
+    with torch.no_grad():
+        model.b_final.normal_(generator=gen)
+    x = generate_batch(64, 5, torch.tensor([0.3, 0.5, 1.0]), gen)
+    importance = torch.rand(3, 5, generator=gen)
+    got = toy_model_loss(model.W, model.b_final, x, importance)
+    with torch.no_grad():
+        out = model(x)
+    for i in range(3):
+        want = sum(float((importance[i] * (x[b, i] - out[b, i]).pow(2)).sum()) for b in range(64))
+        assert got[i].item() == pytest.approx(want / 64, rel=1e-5)
+
+
+def test_correlated_and_anticorrelated_pairs():
+    gen = torch.Generator().manual_seed(0)
+    p = torch.tensor([0.1, 0.3])
+    corr = generate_correlated_batch(40000, 3, p, gen)
+    anti = generate_anticorrelated_batch(40000, 3, p, gen)
+    for x in (corr, anti):
+        assert x.shape == (40000, 2, 6)
+        assert ((x >= 0) & (x <= 1)).all()
+        torch.testing.assert_close(
+            (x > 0).float().mean(0), p[:, None].expand(2, 6), atol=0.01, rtol=0
+        )
+    on_c, on_a = corr > 0, anti > 0
+    assert torch.equal(on_c[..., 0::2], on_c[..., 1::2])  # a correlated pair is on together
+    assert not (on_a[..., 0::2] & on_a[..., 1::2]).any()  # never both of an anti pair
+    # the pairs are independent of each other
+    both = (on_c[:, 1, 0] & on_c[:, 1, 2]).float().mean().item()
+    assert both == pytest.approx(0.3**2, abs=0.01)
+    with pytest.raises(ValueError, match="1/2"):
+        generate_anticorrelated_batch(4, 2, torch.tensor([0.6]))
+
+
+def test_train_toy_model_uses_the_data_function():
+    calls = []
+
+    def data(b, n, p, g):
+        calls.append((b, n, tuple(p.shape)))
+        return generate_correlated_batch(b, n // 2, p, g)
+
+    model = ToyModel(ToyModelConfig(4, 2, 2), generator=torch.Generator().manual_seed(0))
+    train_toy_model(model, torch.ones(4), torch.full((2,), 0.5), steps=2, batch_size=8, data=data)
+    assert calls == [(8, 4, (2,))] * 2

@@ -46,6 +46,7 @@ __all__ = [
     "passed",
     "stub_statement",
     "to_numpy",
+    "to_scalar",
 ]
 
 # Every stub in a student edition raises NotImplementedError with a message that starts
@@ -136,6 +137,18 @@ def to_numpy(
         return np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as err:
         raise CheckError(f"{name} should be numeric, got {type(value).__name__}") from err
+
+
+def to_scalar(value: Any, name: str) -> float:
+    """``value`` as one float: a number, or a tensor/array with exactly one element.
+
+    Raises:
+        CheckError: ``value`` is ``None``, not numeric, or holds more than one number.
+    """
+    array = to_numpy(value, name)
+    if array.size != 1:
+        raise CheckError(f"{name} should be one number, got an array of shape {array.shape}.")
+    return float(array.reshape(()))
 
 
 def compare_tensors(

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from decoding_gpt.checks import CheckError, compare_tensors, exercise, passed, to_numpy
+from decoding_gpt.checks import CheckError, compare_tensors, exercise, passed, to_scalar
 from decoding_gpt.scaling import fit_power_law, fit_saturating_power_law
 
 __all__ = [
@@ -25,13 +25,6 @@ __all__ = [
     "check_fit_saturating",
     "check_sequence_perplexity",
 ]
-
-
-def _scalar(value: object, name: str) -> float:
-    array = to_numpy(value, name)
-    if array.size != 1:
-        raise CheckError(f"{name} should be one number, got an array of shape {array.shape}.")
-    return float(array.reshape(()))
 
 
 def _match(got: float, mistakes: dict[str, float], want: float, rel: float = 1e-6) -> None:
@@ -85,7 +78,7 @@ def check_sequence_perplexity(fn: Callable[[Tensor, Tensor], float]) -> None:
         logits = 2 * torch.randn(batch, pos, vocab, generator=gen, dtype=torch.float64)
         tokens = torch.randint(vocab, (batch, pos), generator=gen)
         want = torch.exp(_nll(logits[:, :-1], tokens[:, 1:])).item()
-        got = _scalar(fn(logits.clone(), tokens.clone()), "perplexity")
+        got = to_scalar(fn(logits.clone(), tokens.clone()), "perplexity")
         _match(got, _perplexity_mistakes(logits, tokens), want)
         compare_tensors(
             got,
@@ -98,7 +91,7 @@ def check_sequence_perplexity(fn: Callable[[Tensor, Tensor], float]) -> None:
     tokens = torch.tensor([[0, 1, 2, 3]])
     perfect = torch.full((1, 4, 4), -1e4, dtype=torch.float64)
     perfect[0, torch.arange(3), tokens[0, 1:]] = 0.0
-    if not math.isclose(_scalar(fn(perfect, tokens), "perplexity"), 1.0, abs_tol=1e-6):
+    if not math.isclose(to_scalar(fn(perfect, tokens), "perplexity"), 1.0, abs_tol=1e-6):
         raise CheckError("a model that is always certain and right must have perplexity 1.")
     passed("check_sequence_perplexity")
 
@@ -112,7 +105,7 @@ def check_bits_per_byte(fn: Callable[[float, int, int], float]) -> None:
     """
     for mean_nll, n_tokens, n_bytes in [(2.0, 1000, 3700), (0.9, 250, 1001), (3.3, 77, 200)]:
         want = mean_nll * n_tokens / (n_bytes * math.log(2))
-        got = _scalar(fn(mean_nll, n_tokens, n_bytes), "bits per byte")
+        got = to_scalar(fn(mean_nll, n_tokens, n_bytes), "bits per byte")
         _match(
             got,
             {
@@ -158,7 +151,7 @@ def check_fit_loglog(fn: Callable[[np.ndarray, np.ndarray], tuple[float, float]]
             raise CheckError("fit returned None: did you forget to `return a, exponent`?")
         if not isinstance(result, tuple | list) or len(result) != 2:
             raise CheckError(f"return a pair (a, exponent), got {type(result).__name__}.")
-        a, b = (_scalar(v, name) for v, name in zip(result, ("a", "exponent"), strict=True))
+        a, b = (to_scalar(v, name) for v, name in zip(result, ("a", "exponent"), strict=True))
         slope, intercept = np.polyfit(np.log(n), np.log(loss), 1)
         if not math.isclose(b, slope, rel_tol=1e-6):
             linear_slope = np.polyfit(n, loss, 1)[0]
@@ -219,7 +212,9 @@ def _saturating_answer(result: object) -> tuple[float, float, float]:
         raise CheckError("fit returned None: did you forget to `return a, exponent, l_inf`?")
     if not isinstance(result, tuple | list) or len(result) != 3:
         raise CheckError(f"return a triple (a, exponent, l_inf), got {type(result).__name__}.")
-    a, b, c = (_scalar(v, name) for v, name in zip(result, ("a", "exponent", "l_inf"), strict=True))
+    a, b, c = (
+        to_scalar(v, name) for v, name in zip(result, ("a", "exponent", "l_inf"), strict=True)
+    )
     return a, b, c
 
 

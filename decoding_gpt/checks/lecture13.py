@@ -23,7 +23,7 @@ from decoding_gpt.checks import (
     exercise,
     judge,
     passed,
-    to_numpy,
+    to_scalar,
 )
 from decoding_gpt.probes import (
     balanced_accuracy,
@@ -42,13 +42,6 @@ __all__ = [
     "check_selectivity_experiment",
     "check_steering_hook",
 ]
-
-
-def _scalar(value: object, name: str) -> float:
-    array = to_numpy(value, name)
-    if array.size != 1:
-        raise CheckError(f"{name} should be one number, got an array of shape {array.shape}.")
-    return float(array.reshape(()))
 
 
 def _match(got: float, mistakes: dict[str, float], want: float, tol: float = 1e-6) -> None:
@@ -96,7 +89,7 @@ def check_balanced_accuracy(fn: Callable[[Tensor, Tensor], float]) -> None:
     """``fn(pred [n], y [n]) -> float``: mean over the classes in ``y`` of their recall."""
     for pred, y in _balanced_cases():
         want = balanced_accuracy(pred, y)
-        got = _scalar(fn(pred.clone(), y.clone()), "balanced accuracy")
+        got = to_scalar(fn(pred.clone(), y.clone()), "balanced accuracy")
         _match(
             got,
             {
@@ -117,7 +110,7 @@ def check_balanced_accuracy(fn: Callable[[Tensor, Tensor], float]) -> None:
         compare_tensors(got, want, f"balanced accuracy of {len(y)} predictions", atol=1e-6)
     constant = torch.zeros(10, dtype=torch.long)
     labels = torch.tensor([0] * 9 + [1])
-    if not math.isclose(_scalar(fn(constant, labels), "balanced accuracy"), 0.5, abs_tol=1e-6):
+    if not math.isclose(to_scalar(fn(constant, labels), "balanced accuracy"), 0.5, abs_tol=1e-6):
         raise CheckError("predicting the majority class of two must score exactly 0.5.")
     passed("check_balanced_accuracy")
 
@@ -189,7 +182,7 @@ def check_selectivity_experiment(
         if not isinstance(result, tuple | list) or len(result) != 3:
             raise CheckError("return a tuple (task accuracy, control accuracy, selectivity).")
         got = tuple(
-            _scalar(v, name) for v, name in zip(result, ("task", "control", "sel"), strict=True)
+            to_scalar(v, name) for v, name in zip(result, ("task", "control", "sel"), strict=True)
         )
         if math.isclose(got[2], want[1] - want[0], abs_tol=1e-6) and abs(want[2]) > 1e-6:
             raise CheckError("selectivity is task accuracy MINUS control accuracy.")

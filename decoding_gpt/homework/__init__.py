@@ -18,5 +18,9 @@ Commands (``python -m decoding_gpt.tools.homework --help``):
   homework;
   ``--check`` fails if a committed student notebook is out of date (CI runs it);
 - ``grade SUBMISSION.ipynb --solution SOLUTION.ipynb`` executes a submission in a sandbox
-  (see :mod:`decoding_gpt.homework.sandbox`) and writes a JSON and CSV score report.
+  (see :mod:`decoding_gpt.homework.sandbox`) and writes a JSON and CSV score report; the
+  parts with a grading spec (:mod:`decoding_gpt.homework.specs`) are judged from the
+  submission's outputs, outside the sandbox;
+- ``grade-class FOLDER --solution SOLUTION.ipynb --out DIR`` grades a folder of submissions
+  in parallel into one gradebook and a feedback file per student.
 """

@@ -10,8 +10,9 @@
   tokenizers (:mod:`~decoding_gpt.tools.build_data`);
 * ``python -m decoding_gpt.tools.scaling_sweep --out FILE`` (``dgpt-scaling-sweep``): train
   the scaling family and fit ``L(N)`` (:mod:`~decoding_gpt.tools.scaling_sweep`);
-* ``python -m decoding_gpt.tools.homework {make-student,grade}`` (``dgpt-homework``):
-  student notebooks from solutions, and the grader (:mod:`~decoding_gpt.tools.homework`);
+* ``python -m decoding_gpt.tools.homework {make-student,grade,grade-class}``
+  (``dgpt-homework``): student editions of lectures and homework, the grader, and batch
+  grading of a class (:mod:`~decoding_gpt.tools.homework`);
 * ``python -m decoding_gpt.tools.export_hf NAME OUT`` (``dgpt-export-hf``): a shipped model
   as an HF folder for ``AutoModelForCausalLM``/``AutoTokenizer``
   (:mod:`~decoding_gpt.tools.export_hf`).
