@@ -14,8 +14,8 @@ it, cell by cell:
   :class:`decoding_gpt.checks.NotAttempted`, so Run All stops at the first unwritten
   exercise with its name and never prints a pass for a stub;
 - lines between ``### BEGIN HIDDEN TESTS`` and ``### END HIDDEN TESTS`` are dropped;
-- outputs and execution counts are cleared, and the "source_hidden" flag that collapses
-  reference solutions in lectures is removed (there is nothing left to hide).
+- outputs, execution counts and execution timings are cleared, and the "source_hidden"
+  flag that collapses reference solutions is removed (there is nothing left to hide).
 
 The result is deterministic (same solution, same bytes), which is what lets CI check that
 the committed student notebook was regenerated after every change to the solution.
@@ -102,6 +102,7 @@ def make_student_notebook(solution: nbformat.NotebookNode) -> nbformat.NotebookN
             cell.source = student_source(cell.source, cell.cell_type)
         except MarkerError as err:
             raise MarkerError(f"cell {index}: {err}") from None
+        cell.metadata.pop("execution", None)  # timings of the instructor's run: churn only
         cell.metadata.get("jupyter", {}).pop("source_hidden", None)
         if cell.metadata.get("jupyter") == {}:
             del cell.metadata["jupyter"]
