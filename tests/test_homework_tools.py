@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import importlib
 import json
+import math
 import pkgutil
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ import torch
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 import decoding_gpt.checks as checks_package
-from decoding_gpt.checks import CheckError, NotAttempted, exercise, passed
+from decoding_gpt.checks import CheckError, NotAttempted, exercise, hw4, passed
 from decoding_gpt.homework import grade as grade_module
 from decoding_gpt.homework.grade import DEFAULT_CELL_TIMEOUT, grade, graded_notebook
 from decoding_gpt.homework.runner import GRACE_SECONDS
@@ -23,15 +24,18 @@ from decoding_gpt.homework.sandbox import Limits, namespaces_available, processe
 from decoding_gpt.homework.specs import (
     SPECS,
     Config,
+    LogitDiffMetric,
     Model,
     ModuleCase,
     Seed,
     Shipped,
+    TrainCase,
     forbidden_names,
 )
 from decoding_gpt.homework.student import MarkerError, make_student_notebook, student_source
 from decoding_gpt.tools.homework import main as homework_cli
-from decoding_gpt.transformer import GPT, GPTConfig
+from decoding_gpt.training import sample_batch
+from decoding_gpt.transformer import GPT, GPTConfig, next_token_loss
 
 ANSWER = '''def square(x):
     """Return x squared."""
@@ -289,12 +293,17 @@ def _run_case(fn, case: tuple):
             return GPTConfig(**value.kwargs)
         if isinstance(value, Shipped):
             return value.build()
+        if isinstance(value, LogitDiffMetric):
+            return value.build()
         if isinstance(value, Model):
             model = GPT(GPTConfig(**value.config.kwargs))
             model.load_state_dict(value.state)
             return model.eval()
         return value
 
+    if isinstance(value := case[0], TrainCase):
+        args = [decode(arg) for arg in value.args]
+        return {"value": fn(*args), "state": args[0].state_dict()}
     if len(case) == 1 and isinstance(case[0], ModuleCase):
         module = fn(*map(decode, case[0].args))
         module.load_state_dict(case[0].state, strict=True)
@@ -354,7 +363,28 @@ def test_specs_reject_classic_mistakes():
     def unshifted_loss(logits, tokens):  # predicts the token at t from logits at t
         return torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens.flatten())
 
+    def train_with_decay(model, data, steps, batch_size, lr, seed=0):  # AdamW's default decay
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+        generator = torch.Generator().manual_seed(seed)
+        losses = []
+        for _ in range(steps):
+            batch = sample_batch(data, batch_size, model.cfg.n_ctx, generator)
+            loss = next_token_loss(model(batch), batch)
+            loss.backward()  # and no zero_grad: the gradients pile up
+            optimizer.step()
+            losses.append(loss.item())
+        return losses
+
+    def fake_losses(model, data, steps, batch_size, lr, seed=0):  # reports, does not train
+        return [math.log(model.cfg.d_vocab) * 0.99**step for step in range(steps)]
+
+    def noising(model, clean, corrupt, metric):  # patches corrupt into clean, unnormalised
+        return hw4.reference_head_patching(model, corrupt, clean, metric)
+
     wrong = [
+        ("hw3_transformer_from_scratch", "training_run", train_with_decay),
+        ("hw3_transformer_from_scratch", "training_run", fake_losses),
+        ("hw4_circuits", "head_patching_tests", noising),
         ("hw3_transformer_from_scratch", "attention_pattern_tests", unscaled),
         ("hw3_transformer_from_scratch", "attention_pattern_tests", query_softmax),
         ("hw1_markov_tokenization", "transition_matrix_tests", counts),

@@ -25,10 +25,13 @@ never imports torch in the kernel) and, in inputs only, a fresh seeded ``torch.G
 
 A class is judged the same way (:class:`ModuleCase`): the kernel builds it, loads the
 grader's weights by ``state_dict`` name and returns ``forward``'s output; a shipped model,
-tokenizer or story set travels by name (:class:`Shipped`). Parts not expressed as data stay
-notebook-only (``in-kernel`` in the report): functions of a metric callable (hw4's head
-patching), cells that train, evaluate or plot; :data:`REQUIRES` makes each of them count
-only if the spec'd parts it builds on passed.
+tokenizer or story set travels by name (:class:`Shipped`), a logit-difference metric as its
+answer tokens (:class:`LogitDiffMetric`), and a training function gets the grader's model
+and data and sends back the trained weights with its losses (:class:`TrainCase`), so the
+grader measures the trained model itself. Parts not expressed as data stay notebook-only
+(``in-kernel`` in the report): the experiment cells of homeworks 1, 2 and 5 that only run
+spec'd functions and plot; :data:`REQUIRES` makes each of them count only if the spec'd
+parts it builds on passed.
 
 What a spec proves is that the outputs are right, not who computed them: the sandbox can
 import the course's own reference implementations (the notebooks need the package), so an
@@ -53,14 +56,18 @@ from safetensors.numpy import save_file
 
 from decoding_gpt import pretrained
 from decoding_gpt.attention import AttentionHead, MultiHeadAttention, attention_pattern
+from decoding_gpt.checks.hw4 import reference_head_patching
 from decoding_gpt.checks.hw5 import reference_collect_residuals
-from decoding_gpt.data import get_tokenizer
-from decoding_gpt.data.stories import LABEL_NAMES, generate_stories
+from decoding_gpt.data import eos_id, get_tokenizer, load_token_array
+from decoding_gpt.data.stories import LABEL_NAMES, generate_stories, ioi_prompts
+from decoding_gpt.evals import single_token_id
 from decoding_gpt.heads import induction_score, previous_token_score
 from decoding_gpt.ngram import bigram_counts, row_normalize, stationary_distribution, to_dense
+from decoding_gpt.patching import logit_diff_metric
 from decoding_gpt.superposition import max_overlap as reference_max_overlap
 from decoding_gpt.superposition import welch_bound as reference_welch_bound
 from decoding_gpt.tokenizer import BytePairEncoding, merge_pair, pretokenize
+from decoding_gpt.training import sample_batch
 from decoding_gpt.transformer import (
     GPT,
     MLP,
@@ -134,6 +141,9 @@ def _dgpt_call(grade_id, name):
             from decoding_gpt.data.stories import generate_stories as _stories
             _n, _seed, _split = v["$stories"]
             return _stories(_n, seed=_seed, split=_split)
+        if isinstance(v, dict) and "$logit_diff_metric" in v:
+            from decoding_gpt.patching import logit_diff_metric as _metric
+            return _metric(_decode(v["$logit_diff_metric"]))
         if isinstance(v, dict) and "$model" in v:
             from decoding_gpt.transformer import GPT as _GPT
             _model = _GPT(_decode(v["$model"]["config"]))
@@ -146,6 +156,10 @@ def _dgpt_call(grade_id, name):
         return v
 
     def _run(case):
+        if len(case) == 1 and isinstance(case[0], dict) and "$train" in case[0]:
+            _args = _decode(case[0]["$train"])  # the first argument is the model to train
+            _value = _fn(*_args)
+            return {"value": _value, "state": dict(_args[0].state_dict())}
         if len(case) == 1 and isinstance(case[0], dict) and "$module" in case[0]:
             import torch as _torch
             _spec = case[0]["$module"]
@@ -240,6 +254,27 @@ class Shipped:
 
 
 @dataclass(frozen=True)
+class LogitDiffMetric:
+    """An argument that arrives as ``patching.logit_diff_metric(answers)``: a callable built in
+    the sandbox from data (a kernel that changes it only spoils its own outputs)."""
+
+    answers: torch.Tensor
+
+    def build(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The same metric, built here (the grader's side)."""
+        return logit_diff_metric(self.answers)
+
+
+@dataclass(frozen=True)
+class TrainCase:
+    """A case for a training function: ``fn(model, *rest)`` trains ``model`` (a :class:`Model`)
+    in place; what comes back is ``{"value": fn's result, "state": model's trained weights}``,
+    so the grader evaluates the trained model itself. The case is ``(TrainCase(...),)``."""
+
+    args: tuple
+
+
+@dataclass(frozen=True)
 class ModuleCase:
     """A case for a class: ``cls(*args)``, ``load_state_dict(state)``, ``forward(*inputs)``.
 
@@ -270,6 +305,10 @@ def _encode(value: Any, tensors: dict[str, np.ndarray]) -> Any:
                 "state": _encode(value.state, tensors),
             }
         }
+    if isinstance(value, LogitDiffMetric):
+        return {"$logit_diff_metric": _encode(value.answers, tensors)}
+    if isinstance(value, TrainCase):
+        return {"$train": _encode(value.args, tensors)}
     if isinstance(value, ModuleCase):
         fields = {"args": value.args, "state": value.state, "inputs": value.inputs}
         return {"$module": {key: _encode(item, tensors) for key, item in fields.items()}}
@@ -695,6 +734,78 @@ def _greedy(model_arg: Model, prompt: torch.Tensor, n_new: int, temperature: flo
     return seq
 
 
+TRAIN_CFG: dict[str, Any] = {"n_ctx": 32, "d_model": 32, "n_layers": 2, "n_heads": 4}
+TRAIN_STEPS, TRAIN_BATCH, TRAIN_LR = 40, 8, 3e-3
+
+
+def _stories_tokens(split: str, n_tokens: int) -> torch.Tensor:
+    return torch.from_numpy(load_token_array("stories", split, n_tokens=n_tokens).astype("int64"))
+
+
+def _hw3_train_cases() -> list[tuple]:
+    """Train a fresh seeded GPT on stories tokens (the grader's weights, data and settings)."""
+    cfg = GPTConfig(d_vocab=get_tokenizer("stories").get_vocab_size(), **TRAIN_CFG)
+    torch.manual_seed(0)
+    model = Model(Config(cfg.to_dict()), GPT(cfg).state_dict())
+    args = (model, _stories_tokens("train", 50_000), TRAIN_STEPS, TRAIN_BATCH, TRAIN_LR, 3)
+    return [(TrainCase(args),)]
+
+
+def _build_model(model_arg: Model) -> GPT:
+    model = GPT(GPTConfig(**model_arg.config.kwargs))
+    model.load_state_dict(model_arg.state)
+    return model
+
+
+def _reference_train(model: GPT, data: torch.Tensor, steps: int, batch: int, lr: float,
+                     seed: int) -> list[float]:  # fmt: skip
+    """The homework's recipe: AdamW without weight decay at a constant rate, one
+    ``sample_batch`` of random windows per step from a generator seeded with ``seed``."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in range(steps):
+        tokens = sample_batch(data, batch, model.cfg.n_ctx, generator)
+        loss = next_token_loss(model.train()(tokens), tokens)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+@torch.no_grad()
+def _val_loss(model: GPT) -> float:
+    tokens = _stories_tokens("val", 20_000)
+    batch = sample_batch(tokens, 32, model.cfg.n_ctx, torch.Generator().manual_seed(1))
+    return next_token_loss(model.eval()(batch), batch).item()
+
+
+def _judge_training(cases: list[tuple], outputs: list[Any]) -> str | None:
+    """The student's losses follow the reference run's, and the weights they return are a
+    trained model: the grader measures its validation loss itself."""
+    for number, ((case,), output) in enumerate(zip(cases, outputs, strict=True)):
+        model_arg, data, steps, batch, lr, seed = case.args
+        reference = _build_model(model_arg)
+        want = _reference_train(reference, data, steps, batch, lr, seed)
+        got = output["value"]
+        if not isinstance(got, list) or len(got) != steps:
+            return f"case {number}: expected a list of {steps} losses"
+        if not all(isinstance(x, float) for x in got):
+            return f"case {number}: the losses must be Python floats (use loss.item())"
+        if abs(got[0] - want[0]) > 1e-3:
+            return f"case {number}: first loss {got[0]:.4f}, expected {want[0]:.4f} (same batch)"
+        worst = max(abs(a - b) for a, b in zip(got, want, strict=True))
+        if worst > 0.05:
+            return f"case {number}: the losses leave the reference run's by up to {worst:.3f}"
+        trained = _build_model(Model(model_arg.config, output["state"]))
+        val, reference_val = _val_loss(trained), _val_loss(reference)
+        if val > reference_val + 0.05:
+            return f"case {number}: the returned model's validation loss is {val:.3f}, " \
+                   f"the reference run reaches {reference_val:.3f}"  # fmt: skip
+    return None
+
+
 ATTENTION_BANNED = ("MultiheadAttention", "scaled_dot_product_attention", "decoding_gpt")
 MODEL_BANNED = (*ATTENTION_BANNED, "TransformerEncoderLayer", "TransformerDecoderLayer")
 
@@ -734,6 +845,9 @@ HW3 = {
     ),
     "generate_tests": PartSpec(
         "generate", "generate", _hw3_generate_cases, close_to(_greedy, atol=0), ("decoding_gpt",),
+    ),
+    "training_run": PartSpec(
+        "train", "train", _hw3_train_cases, _judge_training, ("decoding_gpt",),
     ),
 }  # fmt: skip
 
@@ -820,6 +934,46 @@ def _hw4_score_cases() -> list[tuple]:
     return [tuple(torch.rand(*shape, generator=generator) for _ in range(2)) for shape in shapes]
 
 
+def _hw4_patching_cases() -> list[tuple]:
+    """A random 2-layer GPT on random tokens, and ``stories-4l`` on IOI prompts (clean: the
+    prompt; corrupt: the second mention of S replaced by IO, as in the homework)."""
+    torch.manual_seed(5)
+    cfg = GPTConfig(d_vocab=24, n_ctx=16, d_model=32, n_layers=2, n_heads=4, init_range=0.3)
+    tiny = Model(Config(cfg.to_dict()), GPT(cfg).state_dict())
+    clean = torch.randint(0, 24, (3, 8), generator=torch.Generator().manual_seed(5))
+    corrupt = clean.clone()
+    corrupt[:, 2] = (clean[:, 2] + 7) % 24
+    tiny_answers = torch.tensor([[1, 2], [3, 4], [5, 6]])
+    tokenizer = get_tokenizer("stories")
+    prompts = ioi_prompts(12, seed=3, templates=("went",))
+    bos = eos_id(tokenizer)
+    ioi_clean = torch.tensor([[bos, *tokenizer.encode(p.prompt).ids] for p in prompts])
+    answers = torch.tensor(
+        [[single_token_id(tokenizer, " " + name) for name in (p.io, p.s)] for p in prompts]
+    )
+    ioi_corrupt = ioi_clean.clone()
+    ioi_corrupt[:, -5] = answers[:, 0]  # "..., S2 gave a drink to": S2 is 5 tokens from the end
+    return [
+        (tiny, clean, corrupt, LogitDiffMetric(tiny_answers)),
+        (Shipped("pretrained", ("stories-4l",)), ioi_clean, ioi_corrupt, LogitDiffMetric(answers)),
+    ]
+
+
+def _judge_head_patching(cases: list[tuple], outputs: list[Any]) -> str | None:
+    for number, ((model_arg, clean, corrupt, metric), output) in enumerate(
+        zip(cases, outputs, strict=True)
+    ):
+        model = model_arg.build() if isinstance(model_arg, Shipped) else _build_model(model_arg)
+        want = reference_head_patching(model.eval(), clean, corrupt, metric.build()).double()
+        got = _as_float64(output)
+        if got.shape != want.shape:
+            return f"case {number}: shape {tuple(got.shape)}, expected {tuple(want.shape)}"
+        if not torch.allclose(got, want, atol=1e-3):
+            error = (got - want).abs().max().item()
+            return f"case {number}: off by up to {error:.3g} from the normalised patching effect"
+    return None
+
+
 HW4 = {
     "repeated_tokens_tests": PartSpec(
         "repeated_tokens", "repeated_tokens",
@@ -845,6 +999,10 @@ HW4 = {
         "logit_difference", "logit_difference",
         lambda: [(2 * _x(3, 5, 7, 30), _hw4_answers(3)), (_x(4, 5, 2, 30), _hw4_answers(4))],
         close_to(_logit_difference_reference, atol=1e-5),
+    ),
+    "head_patching_tests": PartSpec(
+        "patch_head_outputs", "patch_head_outputs", _hw4_patching_cases, _judge_head_patching,
+        ("activation_patching", "reference_head_patching", "checks"),
     ),
     "ioi_heads_tests": PartSpec(
         "ioi_heads", "top_heads",
@@ -1098,8 +1256,6 @@ REQUIRES: dict[str, dict[str, tuple[str, ...]]] = {
             "max_overlap_tests",
         ),
     },
-    "hw3_transformer_from_scratch": {"training_run": ("gpt_tests", "loss_tests")},
-    "hw4_circuits": {"head_patching_tests": ("logit_difference_tests",)},
     "hw5_probes_and_saes": {
         "evaluate_probe_tests": ("fit_probe_tests",),
         "selectivity_experiment": (
