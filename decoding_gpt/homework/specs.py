@@ -47,7 +47,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -738,7 +738,7 @@ TRAIN_CFG: dict[str, Any] = {"n_ctx": 32, "d_model": 32, "n_layers": 2, "n_heads
 TRAIN_STEPS, TRAIN_BATCH, TRAIN_LR = 40, 8, 3e-3
 
 
-def _stories_tokens(split: str, n_tokens: int) -> torch.Tensor:
+def _stories_tokens(split: Literal["train", "val"], n_tokens: int) -> torch.Tensor:
     return torch.from_numpy(load_token_array("stories", split, n_tokens=n_tokens).astype("int64"))
 
 
