@@ -340,7 +340,7 @@ def test_solutions_pass_their_specs(folder: str):
         cases = spec.cases()
         outputs = [_run_case(namespace[spec.function], case) for case in cases]
         assert spec.judge(cases, outputs) is None, grade_id
-        assert forbidden_names(sources[spec.answer_id], spec.forbidden) == [], grade_id
+        assert forbidden_names(sources[spec.answer_id], spec.banned) == [], grade_id
 
 
 def test_specs_reject_classic_mistakes():
@@ -409,3 +409,18 @@ def test_forbidden_names_are_read_from_the_source():
     ]
     assert forbidden_names("def f(x):\n    return x", banned) == []
     assert forbidden_names("def f(:", banned) == list(banned)  # unreadable: nothing vouched for
+
+
+def test_introspection_cannot_reach_the_reference_without_naming_it():
+    spec = SPECS["hw3_transformer_from_scratch"]["multihead_attention_tests"]
+    for source in (
+        "class MultiHeadAttention(nn.Module):\n"
+        "    def __new__(cls, *a):\n"
+        "        ref = [c for c in nn.Module.__subclasses__() if c.__name__ == cls.__name__]\n"
+        "        return ref[0](*a)",
+        'MultiHeadAttention = getattr(__import__("decoding_gpt.attention"), "attention")',
+        "import sys\nMultiHeadAttention = sys.modules['decoding_gpt.attention'].MultiHeadAttention",
+    ):
+        assert forbidden_names(source, spec.banned), source
+    loss = SPECS["hw3_transformer_from_scratch"]["loss_tests"]
+    assert "getattr" in loss.banned and SPECS["hw4_circuits"]["repeated_tokens_tests"].banned == ()

@@ -107,6 +107,20 @@ class PartSpec:
     judge: Callable[[list[tuple], list[Any]], str | None]
     forbidden: tuple[str, ...] = ()  # names the answer's source may not use (checked by ast)
 
+    @property
+    def banned(self) -> tuple[str, ...]:
+        """``forbidden`` plus, where there is something to forbid, the ways of reaching an
+        object without naming it (``nn.Module.__subclasses__()`` finds the course's own
+        ``MultiHeadAttention``; ``getattr`` and ``__import__`` build a name at run time)."""
+        return (*self.forbidden, *INTROSPECTION) if self.forbidden else ()
+
+
+# No answer needs these, and each reaches a class, a module or a global without its name.
+INTROSPECTION = (
+    "__subclasses__", "__import__", "__dict__", "__globals__", "__builtins__", "builtins",
+    "importlib", "sys", "gc", "inspect", "getattr", "globals", "vars", "eval", "exec",
+)  # fmt: skip
+
 
 # The kernel side: defined in the sandboxed kernel before any answer runs. It only moves
 # data; a submission that rewrites it can only spoil its own outputs.
@@ -407,7 +421,7 @@ def judge_part(spec: PartSpec, folder: Path, grade_id: str, source: str = "") ->
 
     ``source``: the student's answer cell, for the ``forbidden`` names.
     """
-    banned = forbidden_names(source, spec.forbidden)
+    banned = forbidden_names(source, spec.banned)
     if banned:
         return False, f"`{spec.function}` may not use {', '.join(banned)}"
     cases = spec.cases()
