@@ -420,6 +420,7 @@ def test_introspection_cannot_reach_the_reference_without_naming_it():
         "        return ref[0](*a)",
         'MultiHeadAttention = getattr(__import__("decoding_gpt.attention"), "attention")',
         "import sys\nMultiHeadAttention = sys.modules['decoding_gpt.attention'].MultiHeadAttention",
+        "class MultiHeadAttention(hw3.MultiHeadAttention):\n    pass",
     ):
         assert forbidden_names(source, spec.banned), source
     loss = SPECS["hw3_transformer_from_scratch"]["loss_tests"]

@@ -118,7 +118,10 @@ class PartSpec:
 # No answer needs these, and each reaches a class, a module or a global without its name.
 INTROSPECTION = (
     "__subclasses__", "__import__", "__dict__", "__globals__", "__builtins__", "builtins",
-    "importlib", "sys", "gc", "inspect", "getattr", "globals", "vars", "eval", "exec",
+    "importlib", "sys", "gc", "inspect", "getattr", "attrgetter", "globals", "vars", "eval",
+    "exec",
+    # the notebooks' check modules import the references they compare with
+    "checks", "hw1", "hw2", "hw3", "hw4", "hw5",
 )  # fmt: skip
 
 
