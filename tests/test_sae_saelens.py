@@ -258,3 +258,36 @@ def test_recipe_hooked_transformer_and_saelens_training(tmp_path):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+@needs_saelens
+def test_shipped_sae_loads_in_saelens_with_our_outputs(tmp_path):
+    """The shipped stories-4l SAE, as its files are on disk, gives SAELens our outputs on
+    the residual stream it was trained on."""
+    import shutil
+
+    from decoding_gpt import pretrained
+    from decoding_gpt.data.stories import generate_stories
+    from decoding_gpt.sae.shipped import list_saes, load_shipped_sae, sae_dir
+
+    gpt = pretrained.load_native("stories-4l", device="cpu")
+    tok = pretrained.load_tokenizer("stories-4l")
+    gen = torch.Generator().manual_seed(0)
+    folders = []
+    for name in list_saes():
+        sae = load_shipped_sae(name)
+        ids = tok(generate_stories(1, split="val")[0].text)["input_ids"][:48]
+        _, cache = gpt.run_with_cache(torch.tensor([ids]), names_filter=sae.cfg.hook_name)
+        x = cache[sae.cfg.hook_name][0]
+        f_random = torch.rand(len(ids), sae.cfg.d_sae, generator=gen)
+        with torch.no_grad():
+            f = sae.encode(x)
+            io = {"x": x, "encode": f, "decode": sae.decode(f), "forward": sae(x)}
+            io |= {"f_random": f_random, "decode_random": sae.decode(f_random)}
+        folder = shutil.copytree(sae_dir(name), tmp_path / name)
+        save_file({k: v.contiguous() for k, v in io.items()}, str(folder / "io.safetensors"))
+        folders.append(str(folder))
+    out = _run_saelens(str(SCRIPTS / "make_saelens_fixtures.py"), "check-ours", *folders)
+    result = json.loads(out.strip().splitlines()[-1])
+    for name in list_saes():
+        assert max(result[name]["max_abs_diff"].values()) < 1e-4, result[name]

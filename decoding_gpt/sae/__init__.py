@@ -48,6 +48,13 @@ Modules:
   ``ce_loss_score``, firing frequency, dead/dense latents, and ground-truth scores
   (``auroc_matrix``, ``f1_matrix``, ``ground_truth_score``, ``mean_max_cosine``).
 - ``analysis``: one latent at a time: ``top_activating_examples``, ``steer_with_latent``.
+- ``ground_truth``: the stories corpus's per-token labels as binary targets (``TARGETS``,
+  one-vs-rest per class where the label is defined), ``collect_labelled`` (activations,
+  tokens and labels of stories), ``match_table`` (per class, the best latent's AUROC and
+  F1), ``packed_story_tokens`` (BOS-separated rows for CE losses).
+- ``shipped``: the SAEs shipped under ``decoding_gpt/pretrained/saes/`` (``list_saes``,
+  ``load_shipped_sae`` after a sha256 check, ``sae_info`` with the build's metrics), built by
+  ``python -m decoding_gpt.tools.build_sae NAME``.
 - ``io``: ``save_sae`` / ``load_sae`` in SAELens's format (``cfg.json`` +
   ``sae_weights.safetensors``). SAELens's own standard, topk and jumprelu files load with
   SAELens's outputs (every ``normalize_activations`` mode, ``rescale_acts_by_decoder_norm``,
