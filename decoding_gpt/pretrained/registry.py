@@ -89,11 +89,20 @@ def verify(name: str) -> None:
     Raises:
         PretrainedError: naming the file that is missing or whose content changed.
     """
-    info, folder = model_info(name), MODELS_DIR / name
-    for file_name, expected in info.files.items():
+    verify_files(MODELS_DIR / name, model_info(name).files, f"shipped model {name!r}")
+
+
+def verify_files(folder: Path, files: dict[str, str], what: str) -> None:
+    """Check each ``files`` entry (file name -> sha256) of ``folder``; ``what`` names the
+    artifact in the error (a shipped model, a shipped SAE).
+
+    Raises:
+        PretrainedError: naming the file that is missing or whose content changed.
+    """
+    for file_name, expected in files.items():
         path = folder / file_name
         if not path.is_file():
-            raise PretrainedError(f"{path}: file of shipped model {name!r} is missing")
+            raise PretrainedError(f"{path}: file of {what} is missing")
         actual = file_sha256(path)
         if actual != expected:
             raise PretrainedError(

@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from decoding_gpt.checkpoint import file_sha256
-from decoding_gpt.pretrained.registry import PACKAGE_DIR, PretrainedError
+from decoding_gpt.pretrained.registry import PACKAGE_DIR, PretrainedError, verify_files
 from decoding_gpt.sae.io import load_sae
 from decoding_gpt.sae.model import SAE
 
@@ -78,18 +77,7 @@ def verify_sae(name: str) -> None:
     Raises:
         PretrainedError: naming the file that is missing or whose content changed.
     """
-    info, folder = sae_info(name), SAES_DIR / name
-    for file_name, expected in info.files.items():
-        path = folder / file_name
-        if not path.is_file():
-            raise PretrainedError(f"{path}: file of shipped SAE {name!r} is missing")
-        actual = file_sha256(path)
-        if actual != expected:
-            raise PretrainedError(
-                f"{path}: sha256 {actual[:12]}... does not match the registry's "
-                f"{expected[:12]}...; the file is corrupt or was modified "
-                "(restore it with `git checkout -- <file>`)"
-            )
+    verify_files(SAES_DIR / name, sae_info(name).files, f"shipped SAE {name!r}")
 
 
 def load_shipped_sae(name: str) -> SAE:
