@@ -281,10 +281,16 @@ def _finite_difference(
 
 
 def _grad_and_input(
-    model: GPT, tokens: Tensor, direction: Tensor, hook: str, start: str = "hook_embed"
+    model: GPT,
+    tokens: Tensor,
+    direction: Tensor,
+    hook: str,
+    start: str = "hook_embed",
+    all_positions: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """The gradient of the last position's score w.r.t. the activation at ``start``, and
-    that activation (the mistakes below are built from these)."""
+    """The gradient of the last position's score (of the sum over positions, with
+    ``all_positions``) w.r.t. the activation at ``start``, and that activation (the
+    mistakes below are built from these)."""
     store: dict[str, Tensor] = {}
 
     def keep(act: Tensor, hook: object) -> Tensor:
@@ -297,27 +303,15 @@ def _grad_and_input(
 
     with torch.enable_grad():
         model.run_with_hooks(tokens, return_type=None, fwd_hooks=[(start, keep), (hook, record)])
-        (grad,) = torch.autograd.grad(store["out"][0, -1] @ direction, store["in"])
+        scores = store["out"][0] @ direction  # [pos]
+        score = scores.sum() if all_positions else scores[-1]
+        (grad,) = torch.autograd.grad(score, store["in"])
     return grad[0], store["in"][0].detach()
 
 
 def _all_positions_score(model: GPT, tokens: Tensor, direction: Tensor, hook: str) -> Tensor:
-    store: dict[str, Tensor] = {}
-
-    def keep(act: Tensor, hook: object) -> Tensor:
-        act = act.detach().requires_grad_()
-        store["in"] = act
-        return act
-
-    def record(act: Tensor, hook: object) -> None:
-        store["out"] = act
-
-    with torch.enable_grad():
-        model.run_with_hooks(
-            tokens, return_type=None, fwd_hooks=[("hook_embed", keep), (hook, record)]
-        )
-        (grad,) = torch.autograd.grad((store["out"][0] @ direction).sum(), store["in"])
-    return (grad[0] * store["in"][0]).sum(-1).detach()
+    grad, embed = _grad_and_input(model, tokens, direction, hook, all_positions=True)
+    return (grad * embed).sum(-1)
 
 
 def _absolute_attribution(grad: Tensor, embed: Tensor) -> Tensor:
