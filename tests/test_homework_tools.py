@@ -33,6 +33,7 @@ from decoding_gpt.homework.specs import (
     forbidden_names,
 )
 from decoding_gpt.homework.student import MarkerError, make_student_notebook, student_source
+from decoding_gpt.probes import fit_logistic_probe
 from decoding_gpt.tools.homework import main as homework_cli
 from decoding_gpt.training import sample_batch
 from decoding_gpt.transformer import GPT, GPTConfig, next_token_loss
@@ -381,7 +382,26 @@ def test_specs_reject_classic_mistakes():
     def noising(model, clean, corrupt, metric):  # patches corrupt into clean, unnormalised
         return hw4.reference_head_patching(model, corrupt, clean, metric)
 
+    def plain_accuracy(x, y, train, test):  # accuracy, not balanced accuracy
+        predicted = fit_logistic_probe(x[train], y[train]).predict(x)
+        return tuple((predicted[m] == y[m]).float().mean().item() for m in (train, test))
+
+    def balanced_accuracy(x, y, fit_on, scored):
+        predicted = fit_logistic_probe(x[fit_on], y[fit_on]).predict(x)
+        recalls = [(predicted[scored & (y == c)] == c).float().mean() for c in (0, 1)]
+        return torch.stack(recalls).mean().item()
+
+    def fitted_on_everything(x, y, train, test):
+        return tuple(balanced_accuracy(x, y, train | test, m) for m in (train, test))
+
+    def swapped_splits(x, y, train, test):  # fits on the test tokens
+        return balanced_accuracy(x, y, test, test), balanced_accuracy(x, y, test, train)
+
     wrong = [
+        ("hw5_probes_and_saes", "evaluate_probe_tests", plain_accuracy),
+        ("hw5_probes_and_saes", "evaluate_probe_tests", fitted_on_everything),
+        ("hw5_probes_and_saes", "evaluate_probe_tests", swapped_splits),
+        ("hw5_probes_and_saes", "evaluate_probe_tests", lambda x, y, train, test: (1.0, 0.0)),
         ("hw3_transformer_from_scratch", "training_run", train_with_decay),
         ("hw3_transformer_from_scratch", "training_run", fake_losses),
         ("hw4_circuits", "head_patching_tests", noising),

@@ -1189,6 +1189,52 @@ def _judge_control(cases: list[tuple], outputs: list[Any]) -> str | None:
     return None
 
 
+def _hw5_evaluate_cases() -> list[tuple]:
+    """(x, y, train_mask, test_mask): the test half follows the opposite rule (train ~1,
+    test ~0 only if the probe is fitted on the training tokens alone); pure noise with 9:1
+    labels (balanced accuracy ~0.5, plain ~0.9); one rule for both halves, a quarter of the
+    test labels flipped (so that swapping the halves shows)."""
+    gen = torch.Generator().manual_seed(5)
+    n = 800
+    test = torch.arange(n) >= n // 2
+    x = torch.randn(n, 4, generator=gen)
+    opposite = (x[:, 0] > 0.6).long()
+    opposite[test] = 1 - opposite[test]
+    noise = torch.randn(n, 4, generator=gen)
+    rare = (torch.rand(n, generator=gen) < 0.1).long()
+    shared = (x[:, 1] > 0.6).long()
+    flipped = test & (torch.rand(n, generator=gen) < 0.25)
+    shared[flipped] = 1 - shared[flipped]
+    return [(x, opposite, ~test, test), (noise, rare, ~test, test), (x, shared, ~test, test)]
+
+
+def _judge_evaluate(cases: list[tuple], outputs: list[Any]) -> str | None:
+    """Each (train, test) balanced accuracy within 0.05 of scikit-learn's logistic
+    regression fitted on the training tokens, scored by its ``balanced_accuracy_score``."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+
+    for number, ((x, y, train, test), output) in enumerate(zip(cases, outputs, strict=True)):
+        if not isinstance(output, list | tuple) or len(output) != 2:
+            return f"case {number}: return a tuple (train_accuracy, test_accuracy)"
+        try:
+            got = [float(_as_float64(value)) for value in output]
+        except (TypeError, ValueError, RuntimeError):
+            return f"case {number}: the accuracies must be numbers"
+        probe = LogisticRegression(C=10.0, max_iter=2000).fit(x[train].numpy(), y[train].numpy())
+        want = [
+            balanced_accuracy_score(y[m].numpy(), probe.predict(x[m].numpy()))
+            for m in (train, test)
+        ]
+        if any(abs(g - w) > 0.05 for g, w in zip(got, want, strict=True)):
+            return (
+                f"case {number}: (train, test) = ({got[0]:.3f}, {got[1]:.3f}), expected about "
+                f"({want[0]:.3f}, {want[1]:.3f}): a probe fitted on x[train_mask] only, scored "
+                "by BALANCED accuracy (the mean over classes of each class's recall)"
+            )
+    return None
+
+
 HOOK = "blocks.3.hook_resid_post"
 
 
@@ -1226,6 +1272,9 @@ HW5 = {
     "fit_probe_tests": PartSpec("fit_probe", "fit_probe", _hw5_probe_cases, _judge_probe),
     "control_labels_tests": PartSpec(
         "control_labels", "control_labels", _hw5_control_cases, _judge_control,
+    ),
+    "evaluate_probe_tests": PartSpec(
+        "evaluate_probe", "evaluate_probe", _hw5_evaluate_cases, _judge_evaluate,
     ),
     "topk_relu_tests": PartSpec(
         "topk_relu", "topk_relu",
@@ -1274,7 +1323,6 @@ REQUIRES: dict[str, dict[str, tuple[str, ...]]] = {
         ),
     },
     "hw5_probes_and_saes": {
-        "evaluate_probe_tests": ("fit_probe_tests",),
         "selectivity_experiment": (
             "split_documents_tests",
             "fit_probe_tests",
