@@ -1324,11 +1324,18 @@ REQUIRES: dict[str, dict[str, tuple[str, ...]]] = {
     },
     "hw5_probes_and_saes": {
         "selectivity_experiment": (
+            "collect_residuals_tests",
             "split_documents_tests",
             "fit_probe_tests",
             "control_labels_tests",
+            "evaluate_probe_tests",
         ),
-        "sae_targets": ("topk_relu_tests", "topk_sae_forward_tests"),
-        "find_the_feature": ("auroc_per_latent_tests",),
+        "sae_targets": ("collect_residuals_tests", "topk_relu_tests", "topk_sae_forward_tests"),
+        "find_the_feature": (
+            "collect_residuals_tests",
+            "fit_probe_tests",
+            "topk_sae_forward_tests",
+            "auroc_per_latent_tests",
+        ),
     },
 }
