@@ -1211,8 +1211,8 @@ def _hw5_evaluate_cases() -> list[tuple]:
 def _judge_evaluate(cases: list[tuple], outputs: list[Any]) -> str | None:
     """Each (train, test) balanced accuracy within 0.05 of scikit-learn's logistic
     regression fitted on the training tokens, scored by its ``balanced_accuracy_score``."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.linear_model import LogisticRegression  # lazy: sklearn is slow to import
+    from sklearn.metrics import balanced_accuracy_score  # lazy: as above
 
     for number, ((x, y, train, test), output) in enumerate(zip(cases, outputs, strict=True)):
         if not isinstance(output, list | tuple) or len(output) != 2:
