@@ -31,6 +31,7 @@ from decoding_gpt.homework.specs import (
     Shipped,
     TrainCase,
     forbidden_names,
+    write_inputs,
 )
 from decoding_gpt.homework.student import MarkerError, make_student_notebook, student_source
 from decoding_gpt.probes import fit_logistic_probe
@@ -342,6 +343,32 @@ def test_solutions_pass_their_specs(folder: str):
         outputs = [_run_case(namespace[spec.function], case) for case in cases]
         assert spec.judge(cases, outputs) is None, grade_id
         assert forbidden_names(sources[spec.answer_id], spec.banned) == [], grade_id
+
+
+@pytest.mark.parametrize("folder", sorted(SPECS))
+def test_spec_inputs_do_not_depend_on_the_global_rng(
+    folder: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """``grade-class`` grades in threads: a case builder that seeds torch's global RNG
+    can be disturbed by another thread between its seed and its draws, and then the judge
+    compares a student's run against other weights (a genuine hw3 ``train`` scored 0 that
+    way). So no builder seeds the global RNG, and the inputs are the same bytes whatever
+    its state."""
+
+    def no_global_seed(seed: int) -> None:
+        raise AssertionError("a case builder seeded torch's global RNG")
+
+    monkeypatch.setattr(torch, "manual_seed", no_global_seed)
+
+    def written(seed: int, folder_name: str) -> dict[str, bytes]:
+        torch.random.default_generator.manual_seed(seed)
+        torch.rand(seed + 1)  # a different position in the stream too
+        workdir = tmp_path / folder_name
+        workdir.mkdir()
+        write_inputs(SPECS[folder], workdir)
+        return {f.name: f.read_bytes() for f in sorted((workdir / "inputs").iterdir())}
+
+    assert written(1, "first") == written(2, "second")
 
 
 def test_specs_reject_classic_mistakes():

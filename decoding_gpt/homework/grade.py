@@ -343,11 +343,12 @@ def grade(
         workdir = Path(tmp) / "work"
         workdir.mkdir()
         _copy_data(solution_path, workdir)
-        write_inputs(specs, workdir)
+        cases = write_inputs(specs, workdir)
         exchange, sandbox = _run_notebook(notebook, workdir, cell_timeout, limits)
+        outputs = workdir / OUTPUTS_DIR
         spec_scores = {
             grade_id: judge_part(
-                spec, workdir / OUTPUTS_DIR, grade_id, sources.get(spec.answer_id, "")
+                spec, cases[grade_id], outputs, grade_id, sources.get(spec.answer_id, "")
             )
             for grade_id, spec in specs.items()
         }

@@ -336,15 +336,22 @@ def _encode(value: Any, tensors: dict[str, np.ndarray]) -> Any:
     return value
 
 
-def write_inputs(specs: dict[str, PartSpec], workdir: Path) -> None:
-    """Write each spec's cases into ``workdir/inputs`` (the grader side of step 1)."""
+def write_inputs(specs: dict[str, PartSpec], workdir: Path) -> dict[str, list[tuple]]:
+    """Write each spec's cases into ``workdir/inputs`` (the grader side of step 1).
+
+    Returns the cases, for :func:`judge_part`: the judge compares against the very inputs
+    the sandbox received (built once per grade, not rebuilt at judging time).
+    """
     folder = workdir / INPUTS_DIR
     folder.mkdir(exist_ok=True)
+    built = {}
     for grade_id, spec in specs.items():
+        built[grade_id] = spec.cases()
         tensors: dict[str, np.ndarray] = {}
-        cases = [_encode(list(case), tensors) for case in spec.cases()]
+        cases = [_encode(list(case), tensors) for case in built[grade_id]]
         (folder / f"{grade_id}.json").write_text(json.dumps({"cases": cases}))
         save_file(tensors, str(folder / f"{grade_id}.safetensors"))
+    return built
 
 
 def read_untrusted(path: Path, cap: int) -> bytes:
@@ -419,15 +426,17 @@ def forbidden_names(source: str, names: tuple[str, ...]) -> list[str]:
     return [name for name in names if name in used]
 
 
-def judge_part(spec: PartSpec, folder: Path, grade_id: str, source: str = "") -> tuple[bool, str]:
+def judge_part(
+    spec: PartSpec, cases: list[tuple], folder: Path, grade_id: str, source: str = ""
+) -> tuple[bool, str]:
     """Judge one part from the outputs in ``folder``: (passed, message). Never raises.
 
-    ``source``: the student's answer cell, for the ``forbidden`` names.
+    ``cases``: what :func:`write_inputs` sent; ``source``: the student's answer cell, for
+    the ``forbidden`` names.
     """
     banned = forbidden_names(source, spec.banned)
     if banned:
         return False, f"`{spec.function}` may not use {', '.join(banned)}"
-    cases = spec.cases()
     try:
         outputs = read_outputs(grade_id, folder, len(cases))
     except Exception as err:  # whatever the sandbox left there
@@ -670,6 +679,24 @@ def _random_state(
     return state
 
 
+def _initial_state(module: torch.nn.Module, seed: int, std: float) -> dict[str, torch.Tensor]:
+    """``GPT``'s initialisation drawn from a seeded generator: weight matrices ~ N(0, std^2),
+    LayerNorm gains 1, biases 0.
+
+    Case builders never touch torch's global RNG: ``grade-class`` grades in threads, and a
+    draw in one thread would change another thread's "seeded" weights.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, value in module.state_dict().items():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf.startswith("W_"):
+            state[name] = torch.randn(value.shape, generator=generator, dtype=value.dtype) * std
+        else:
+            state[name] = torch.ones_like(value) if leaf == "w" else torch.zeros_like(value)
+    return state
+
+
 def _x(seed: int, *shape: int) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
@@ -762,8 +789,7 @@ def _stories_tokens(split: Literal["train", "val"], n_tokens: int) -> torch.Tens
 def _hw3_train_cases() -> list[tuple]:
     """Train a fresh seeded GPT on stories tokens (the grader's weights, data and settings)."""
     cfg = GPTConfig(d_vocab=get_tokenizer("stories").get_vocab_size(), **TRAIN_CFG)
-    torch.manual_seed(0)
-    model = Model(Config(cfg.to_dict()), GPT(cfg).state_dict())
+    model = Model(Config(cfg.to_dict()), _initial_state(GPT(cfg), seed=0, std=cfg.init_range))
     args = (model, _stories_tokens("train", 50_000), TRAIN_STEPS, TRAIN_BATCH, TRAIN_LR, 3)
     return [(TrainCase(args),)]
 
@@ -954,9 +980,8 @@ def _hw4_score_cases() -> list[tuple]:
 def _hw4_patching_cases() -> list[tuple]:
     """A random 2-layer GPT on random tokens, and ``stories-4l`` on IOI prompts (clean: the
     prompt; corrupt: the second mention of S replaced by IO, as in the homework)."""
-    torch.manual_seed(5)
     cfg = GPTConfig(d_vocab=24, n_ctx=16, d_model=32, n_layers=2, n_heads=4, init_range=0.3)
-    tiny = Model(Config(cfg.to_dict()), GPT(cfg).state_dict())
+    tiny = Model(Config(cfg.to_dict()), _initial_state(GPT(cfg), seed=5, std=cfg.init_range))
     clean = torch.randint(0, 24, (3, 8), generator=torch.Generator().manual_seed(5))
     corrupt = clean.clone()
     corrupt[:, 2] = (clean[:, 2] + 7) % 24
