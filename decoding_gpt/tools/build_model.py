@@ -267,8 +267,9 @@ SPECS: dict[str, ModelSpec] = {
         requirements="no induction: max induction score < 0.2",
     ),
     "attn-only-2l": ModelSpec(
-        "Attention-only transformer, 2 layers, on the stories corpus: forms a "
-        "previous-token head and induction heads.",
+        "Attention-only transformer, 2 layers, on the stories corpus, with a previous-token "
+        "head and induction heads planted by a first copy-task stage (random tokens, loss on "
+        "the copies).",
         lecture="11",
         tokenizer="stories",
         evaluate=evaluate_induction,
