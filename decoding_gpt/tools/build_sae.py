@@ -2,9 +2,9 @@
 
 Usage::
 
-    python -m decoding_gpt.tools.build_sae stories-4l-res2-topk          # sweep, train, register
-    python -m decoding_gpt.tools.build_sae stories-4l-res2-topk --no-sweep --no-register
-    python -m decoding_gpt.tools.build_sae stories-4l-res2-topk --set train.steps=50 --no-register
+    python -m decoding_gpt.tools.build_sae stories-4l-attn0-topk          # sweep, train, register
+    python -m decoding_gpt.tools.build_sae stories-4l-attn0-topk --no-sweep --no-register
+    python -m decoding_gpt.tools.build_sae stories-4l-attn0-topk --set train.steps=50 --no-register
 
 Each SAE has a config ``decoding_gpt/pretrained/saes/configs/NAME.toml``: the model and
 hook it reads, the architecture and width, the optimiser, the data (stories of the
