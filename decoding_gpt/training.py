@@ -35,6 +35,7 @@ checkpoints.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -51,8 +52,10 @@ from jaxtyping import Bool, Int
 from torch import Tensor, nn
 
 from decoding_gpt.checkpoint import (
+    config_to_dict,
     load_optimizer,
     load_weights,
+    read_config,
     read_metrics,
     read_trainer_state,
     save_checkpoint,
@@ -489,7 +492,10 @@ def _setup(
     model.to(device)
     model.train()
     optimizer = make_optimizer(model, cfg)
-    state = _State() if resume_from is None else _restore(Path(resume_from), model, optimizer)
+    state = _State()
+    if resume_from is not None:
+        _check_resumable(Path(resume_from), cfg, model_config)
+        state = _restore(Path(resume_from), model, optimizer)
     return _Run(
         cfg=cfg,
         model=model,
@@ -666,6 +672,52 @@ def _save(run: _Run) -> None:
         optimizer=run.optimizer,
         trainer_state=trainer_state,
     )
+
+
+# What fixes a run's trajectory besides its length: a resumed run must keep these, or it
+# is a different run (and the optimiser state it loads would override the new values).
+RESUME_FIXED_FIELDS = (
+    "batch_size",
+    "seed",
+    "lr",
+    "min_lr",
+    "warmup_steps",
+    "weight_decay",
+    "betas",
+    "grad_clip",
+)
+
+
+def _check_resumable(directory: Path, cfg: TrainConfig, model_config: Any) -> None:
+    """Refuse to resume when the model or the run's trajectory differs from the checkpoint's.
+
+    ``steps`` may change (continuing a finished run), as may logging, evaluation and
+    output settings. Without this check, ``weight_decay`` and ``betas`` would silently
+    come from the checkpoint's optimiser state and a new ``batch_size`` or ``seed`` would
+    silently draw other batches.
+    """
+    saved = read_config(directory)
+    problems = []
+    if model_config is not None:
+        current = json.loads(json.dumps(config_to_dict(model_config)))
+        problems += [
+            f"model.{key}: checkpoint {saved['model'][key]!r}, this run {value!r}"
+            for key, value in current.items()
+            if key in saved["model"] and saved["model"][key] != value
+        ]
+    saved_train = saved.get("train") or {}
+    current_train = json.loads(json.dumps(cfg.to_dict()))
+    problems += [
+        f"train.{key}: checkpoint {saved_train[key]!r}, this run {current_train[key]!r}"
+        for key in RESUME_FIXED_FIELDS
+        if key in saved_train and saved_train[key] != current_train[key]
+    ]
+    if problems:
+        raise ValueError(
+            f"cannot resume from {directory}: it is a different run ({'; '.join(problems)}). "
+            "Resume with the checkpoint's settings, or start a new run from its weights "
+            "(init_from)."
+        )
 
 
 def _restore(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> _State:

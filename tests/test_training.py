@@ -230,6 +230,36 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     assert h_res["val_loss"] == pytest.approx(h_full["val_loss"], abs=1e-6)
 
 
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(weight_decay=0.0), "train.weight_decay: checkpoint 0.1, this run 0.0"),
+        (dict(batch_size=8), "train.batch_size: checkpoint 4, this run 8"),
+        (dict(seed=3), "train.seed: checkpoint 0, this run 3"),
+        (dict(betas=(0.9, 0.99)), "train.betas"),
+    ],
+)
+def test_resume_refuses_a_different_run(tmp_path, change, message):
+    # Without the check, weight_decay and betas came silently from the checkpoint's
+    # optimiser state and a new batch_size or seed drew other batches.
+    data = np.random.default_rng(3).integers(0, 32, 2000).astype(np.uint16)
+    cfg = quiet_cfg(steps=3, weight_decay=0.1, out_dir=str(tmp_path))
+    train(tiny_gpt(seed=5), data, None, cfg)
+    changed = quiet_cfg(**(cfg.to_dict() | dict(steps=5) | change))
+    with pytest.raises(ValueError, match="cannot resume") as err:
+        train(tiny_gpt(seed=5), data, None, changed, resume_from=tmp_path)
+    assert message in str(err.value) and "init_from" in str(err.value)
+
+
+def test_resume_refuses_a_different_model(tmp_path):
+    data = np.random.default_rng(3).integers(0, 32, 2000).astype(np.uint16)
+    cfg = quiet_cfg(steps=3, out_dir=str(tmp_path))
+    train(tiny_gpt(seed=5), data, None, cfg)
+    wider = tiny_gpt(seed=5, d_mlp=64)  # default 4 * 32 = 128
+    with pytest.raises(ValueError, match="model.d_mlp: checkpoint 128, this run 64"):
+        train(wider, data, None, quiet_cfg(**(cfg.to_dict() | dict(steps=5))), resume_from=tmp_path)
+
+
 def test_train_config_validation():
     with pytest.raises(ValueError, match="min_lr"):
         TrainConfig(lr=1e-3, min_lr=1e-2)
