@@ -5,6 +5,7 @@ Usage::
     python -m decoding_gpt.tools.train configs/tiny-smoke.toml
     python -m decoding_gpt.tools.train CONFIG.toml --set train.steps=20 --out DIR
     python -m decoding_gpt.tools.train CONFIG.toml --resume        # continue from DIR's checkpoint
+        # (same model and hyper-parameters, train.steps may grow; other changes: init_from)
     torchrun --standalone --nproc_per_node=2 -m decoding_gpt.tools.train CONFIG.toml   # DDP
 
 The config has three tables:
