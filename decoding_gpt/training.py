@@ -101,9 +101,12 @@ class TrainConfig:
     checkpoint_every: int = 0
     out_dir: str | None = None
     init_from: str | None = None  # checkpoint whose weights start the run (CLI; curricula)
+    init_heads: tuple[int, ...] | None = None  # where init_from's heads go if it has fewer
 
     def __post_init__(self) -> None:
         self.betas = (float(self.betas[0]), float(self.betas[1]))
+        if self.init_heads is not None:
+            self.init_heads = tuple(int(h) for h in self.init_heads)
         checks = {
             "steps >= 1": self.steps >= 1,
             "batch_size >= 1": self.batch_size >= 1,
@@ -127,6 +130,8 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["betas"] = list(self.betas)
+        if self.init_heads is not None:
+            d["init_heads"] = list(self.init_heads)
         return d
 
     @classmethod

@@ -22,7 +22,11 @@ SHIPPED = [name for name in build.SPECS if name in pretrained.list_models()]
 # What each model must show (issue: shipped models), as (metric, comparison, bound).
 REQUIREMENTS = {
     "attn-only-1l": [("max_induction_score", "<", 0.2)],
-    "attn-only-2l": [("max_induction_score", ">", 0.7), ("loss_repeated_half", "<", 1.0)],
+    "attn-only-2l": [
+        ("max_induction_score", ">", 0.7),
+        ("induction_heads_above_half", "<", 3),  # "which is the induction head" has an answer
+        ("loss_repeated_half", "<", 1.0),
+    ],
     "stories-4l": [
         ("ioi_logit_diff", ">", 3.0),
         ("ioi_logit_diff_held_out_template", ">", 1.5),

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from decoding_gpt.checkpoint import load_checkpoint, read_config, read_metrics
-from decoding_gpt.tools.train import apply_overrides, load_data, main
+from decoding_gpt.tools.train import apply_overrides, load_data, main, place_heads
 from decoding_gpt.training import (
     TrainConfig,
     _step_generator,
@@ -428,3 +428,51 @@ def test_cli_init_from_starts_at_another_runs_weights(tmp_path):
     with pytest.raises(SystemExit, match="train.init_from"):
         main([str(TINY_CONFIG), *small, "--set", f'train.init_from="{tmp_path / "none"}"',
               "--out", str(tmp_path / "d")])  # fmt: skip
+
+
+def test_place_heads_keeps_the_function_and_puts_heads_where_asked():
+    source = tiny_gpt(seed=1, n_heads=2, d_head=8)
+    target = tiny_gpt(seed=2, n_heads=4, d_head=8)
+    place_heads(source, target, [3, 1])
+    tokens = torch.randint(0, 32, (2, 16))
+    with torch.no_grad():
+        assert torch.allclose(source(tokens), target(tokens), atol=1e-5)
+    for layer in range(2):
+        old, new = source.blocks[layer].attn, target.blocks[layer].attn
+        for name in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V"):
+            assert torch.equal(getattr(new, name)[[3, 1]], getattr(old, name)), name
+        assert torch.equal(new.W_O[[0, 2]], torch.zeros_like(new.W_O[[0, 2]]))
+        assert new.W_Q[[0, 2]].abs().sum() > 0  # fresh heads keep their random init
+    assert not torch.allclose(source(tokens), tiny_gpt(seed=2, n_heads=4, d_head=8)(tokens))
+
+
+@pytest.mark.parametrize(
+    "heads, target_kw, message",
+    [
+        ([0], dict(n_heads=4, d_head=8), "must name 2 distinct heads"),
+        ([1, 1], dict(n_heads=4, d_head=8), "must name 2 distinct heads"),
+        ([0, 4], dict(n_heads=4, d_head=8), r"heads are 0\.\.3"),
+        ([0, 1], dict(n_heads=4, d_head=16), "only n_heads may differ"),
+    ],
+)
+def test_place_heads_rejects_what_it_cannot_place(heads, target_kw, message):
+    with pytest.raises(ValueError, match=message):
+        place_heads(tiny_gpt(n_heads=2, d_head=8), tiny_gpt(**target_kw), heads)
+
+
+def test_cli_init_heads_grows_a_checkpoint_with_fewer_heads(tmp_path):
+    main([str(TINY_CONFIG), *SMALL_RUN, "--set", "train.steps=2", "--out", str(tmp_path / "a")])
+    start, _, _ = load_checkpoint(tmp_path / "a")  # 2 heads per layer
+    tiny_lr = ["--set", "train.lr=1e-12", "--set", "train.min_lr=0.0", "--set", "train.steps=1"]
+    grow = ["--set", "model.n_heads=4", "--set", "model.d_head=16"]
+    init = ["--set", f'train.init_from="{tmp_path / "a"}"', "--set", "train.init_heads=[2, 0]"]
+    main([str(TINY_CONFIG), *SMALL_RUN, *tiny_lr, *grow, *init, "--out", str(tmp_path / "b")])
+    grown, cfg, _ = load_checkpoint(tmp_path / "b")
+    assert cfg.n_heads == 4 and read_config(tmp_path / "b")["train"]["init_heads"] == [2, 0]
+    assert torch.allclose(grown.blocks[1].attn.W_Q[[2, 0]], start.blocks[1].attn.W_Q, atol=1e-6)
+    tokens = torch.randint(0, 64, (2, 32))
+    with torch.no_grad():
+        assert torch.allclose(grown(tokens), start(tokens), atol=1e-4)
+    with pytest.raises(SystemExit, match="must name 2 distinct heads"):
+        bad = ["--set", f'train.init_from="{tmp_path / "a"}"', "--set", "train.init_heads=[1]"]
+        main([str(TINY_CONFIG), *SMALL_RUN, *grow, *bad, "--out", str(tmp_path / "c")])

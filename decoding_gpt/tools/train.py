@@ -35,7 +35,9 @@ The config has three tables:
     every token.
 ``[train]``
     ``decoding_gpt.training.TrainConfig`` fields. ``init_from = "DIR"`` starts from the
-    weights of the checkpoint in ``DIR`` (a curriculum's earlier stage).
+    weights of the checkpoint in ``DIR`` (a curriculum's earlier stage); with
+    ``init_heads = [h, ...]`` that checkpoint may have fewer heads per layer, which become
+    heads ``h, ...`` of this model (``place_heads``; attn-only-2l's second stage).
 
 The run writes a checkpoint directory (``decoding_gpt.checkpoint``) to ``--out`` (or
 ``train.out_dir``, default ``runs/<config name>``) and prints a summary.
@@ -44,10 +46,12 @@ The run writes a checkpoint directory (``decoding_gpt.checkpoint``) to ``--out``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 import time
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -262,7 +266,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     _check_vocab(val_data, model_cfg.d_vocab, "val")
     model = GPT(model_cfg)
     if train_cfg.init_from and not args.resume:
-        _start_from(model, Path(train_cfg.init_from))
+        _start_from(model, Path(train_cfg.init_from), train_cfg.init_heads)
 
     resume = None
     if args.resume:
@@ -286,23 +290,70 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return history
 
 
-def _start_from(model: torch.nn.Module, directory: Path) -> None:
-    """Copy the weights of the checkpoint in ``directory`` (same model config) into ``model``.
+def _start_from(model: GPT, directory: Path, heads: tuple[int, ...] | None = None) -> None:
+    """Copy the weights of the checkpoint in ``directory`` into ``model``.
 
     This is how a curriculum runs: a later stage starts where an earlier one stopped,
-    with its own data, optimiser state and schedule.
+    with its own data, optimiser state and schedule. The configs must be equal, except
+    that with ``heads`` (``train.init_heads``) the checkpoint may have fewer heads per
+    layer: its head ``i`` becomes head ``heads[i]`` (:func:`place_heads`).
     """
 
     try:
         start, start_cfg, _ = load_checkpoint(directory)
     except CheckpointError as err:
         raise SystemExit(f"train.init_from: {err}") from err
+    if heads is not None:
+        try:
+            place_heads(start, model, heads)
+        except ValueError as err:
+            raise SystemExit(f"train.init_from: {directory}: {err}") from err
+        return
     if start_cfg != model.cfg:
         raise SystemExit(
             f"train.init_from: {directory} holds a model with config {start_cfg}, "
             f"but this run's [model] is {model.cfg}"
         )
     model.load_state_dict(start.state_dict())
+
+
+# Attention parameters with a leading head axis ([n_heads, ...]); b_O is shared.
+PER_HEAD = {"W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V"}
+
+
+def place_heads(source: GPT, target: GPT, heads: Sequence[int]) -> None:
+    """Copy ``source`` into ``target``, a model with more attention heads per layer.
+
+    Head ``i`` of every layer of ``source`` becomes head ``heads[i]`` of ``target``; the
+    other heads keep ``target``'s random initialisation, except that their output
+    matrices are set to zero. A head's output is :math:`z W_O`, so heads with
+    :math:`W_O = 0` write nothing, and ``target`` computes exactly ``source``'s function
+    when training starts: the new heads join only as far as the gradient grows their
+    :math:`W_O`. Every other parameter is copied as it is.
+    """
+    same = dataclasses.replace(target.cfg, n_heads=source.cfg.n_heads)
+    if same != source.cfg:
+        raise ValueError(f"only n_heads may differ: checkpoint {source.cfg}, this run {target.cfg}")
+    n_new = target.cfg.n_heads
+    if len(heads) != source.cfg.n_heads or len(set(heads)) != len(heads):
+        raise ValueError(
+            f"init_heads {list(heads)} must name {source.cfg.n_heads} distinct heads "
+            "(one per head of the checkpoint)"
+        )
+    if not all(0 <= h < n_new for h in heads):
+        raise ValueError(f"init_heads {list(heads)}: heads are 0..{n_new - 1}")
+    index = torch.tensor(list(heads))
+    fresh = torch.tensor([h for h in range(n_new) if h not in heads], dtype=torch.long)
+    state = target.state_dict()
+    with torch.no_grad():
+        for name, value in source.state_dict().items():
+            if name.split(".")[-1] in PER_HEAD:
+                state[name][index] = value
+                if name.endswith("W_O"):
+                    state[name][fresh] = 0.0
+            else:
+                state[name] = value.clone()
+    target.load_state_dict(state)
 
 
 def _print_summary(
