@@ -161,12 +161,19 @@ class InductionResult:
 
 
 def induction_score_on_repeated_tokens(
-    model: HookedModel, seq_len: int, batch: int = 8, seed: int = 0, prefix: int | None = None
+    model: HookedModel,
+    seq_len: int,
+    batch: int = 8,
+    seed: int = 0,
+    prefix: int | None = None,
+    token_ids: Int[Tensor, " n"] | None = None,
 ) -> InductionResult:
     """Induction scores (per layer and head) and losses on repeated random tokens.
 
-    ``prefix`` (e.g. a BOS id) is prepended if given. The score of a head is its mean
-    attention from query ``T + i`` to key ``i + 1`` over the second copy; the losses are
+    ``prefix`` (e.g. a BOS id) is prepended if given; ``token_ids`` restricts the random
+    tokens to those ids (:func:`~decoding_gpt.data.synthetic.repeated_random_tokens`).
+    The score of a head is its mean attention from query ``T + i`` to key ``i + 1`` over
+    the second copy; the losses are
     mean cross-entropies for predicting tokens ``2..T`` and ``T+2..2T`` of the copies
     (the first token of each copy is unpredictable and left out).
     """
@@ -174,7 +181,8 @@ def induction_score_on_repeated_tokens(
     total = 2 * seq_len + (prefix is not None)
     if total > n_ctx:
         raise ValueError(f"2 * seq_len (+ prefix) = {total} exceeds the model's n_ctx = {n_ctx}")
-    tokens = repeated_random_tokens(int(model.cfg.d_vocab), seq_len, batch, seed, prefix).to(
+    d_vocab = int(model.cfg.d_vocab)
+    tokens = repeated_random_tokens(d_vocab, seq_len, batch, seed, prefix, token_ids).to(
         model_weight(model, "W_E").device
     )
     with torch.no_grad():

@@ -25,6 +25,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "activations",
             "lens",
             "heads",
+            "incontext",
             "patching",
             "editing",
             "probes",

@@ -28,6 +28,7 @@ def _stub(*args, **kwargs):
         l11.check_k_composition_score,
         l11.check_copying_score,
         l11.check_induction_qk_circuit,
+        l11.check_in_context_learning_score,
     ],
 )
 def test_stub_is_not_attempted(check):
@@ -206,3 +207,33 @@ def test_qk_accepts_a_loop():
 def test_qk_rejects(wrong, message):
     with pytest.raises(CheckError, match=message):
         l11.check_induction_qk_circuit(wrong)
+
+
+# ------------------------------------------------------------------------------ ICL score
+def _icl_loop(losses, late, early, width):
+    late_mean = sum(float(losses[late + i]) for i in range(width)) / width
+    early_mean = sum(float(losses[early + i]) for i in range(width)) / width
+    return late_mean - early_mean
+
+
+def test_icl_accepts_a_loop():
+    l11.check_in_context_learning_score(_icl_loop)
+
+
+@pytest.mark.parametrize(
+    ("wrong", "names"),
+    [
+        (lambda losses, late, early, width: -_icl_loop(losses, late, early, width), "flipped"),
+        (lambda losses, late, early, width: float(losses[late] - losses[early]), "single"),
+        (
+            lambda losses, late, early, width: float(
+                losses[late - width + 1 : late + 1].mean()
+                - losses[early - width + 1 : early + 1].mean()
+            ),
+            "start there",
+        ),
+    ],
+)
+def test_icl_names_the_mistake(wrong, names):
+    with pytest.raises(CheckError, match=names):
+        l11.check_in_context_learning_score(wrong)

@@ -113,8 +113,8 @@ def test_as_dataset_with_labels():
 def test_parallel_story_generation_equals_serial(monkeypatch):
     from decoding_gpt.data import packing
 
-    serial = packing._story_tokens("val", 5000, seed=1)
+    serial = packing._story_tokens("stories", "val", 5000, seed=1)
     monkeypatch.setattr(packing, "_PARALLEL_TOKENS", 1000)
     monkeypatch.setattr(packing.os, "cpu_count", lambda: 2)
-    parallel = packing._story_tokens("val", 5000, seed=1)
+    parallel = packing._story_tokens("stories", "val", 5000, seed=1)
     np.testing.assert_array_equal(parallel, serial)

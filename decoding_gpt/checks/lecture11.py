@@ -15,6 +15,9 @@ answer reproduces.
    the full OV circuit ``W_E W_V W_O W_U``.
 4. :func:`check_induction_qk_circuit` -- the token-to-token QK circuit of an induction head
    whose keys read a previous-token head: ``(W_E W_Q) (W_E W_V^p W_O^p W_K)^T``.
+5. :func:`check_in_context_learning_score` -- Olsson et al.'s score from per-position
+   losses: the mean loss at ``late .. late + width - 1`` minus the mean at
+   ``early .. early + width - 1``.
 """
 
 from __future__ import annotations
@@ -35,9 +38,11 @@ from decoding_gpt.checks import (
     to_scalar,
 )
 from decoding_gpt.heads import composition_score, duplicate_token_score, induction_score
+from decoding_gpt.incontext import in_context_learning_score
 
 __all__ = [
     "check_copying_score",
+    "check_in_context_learning_score",
     "check_duplicate_token_score",
     "check_induction_qk_circuit",
     "check_k_composition_score",
@@ -347,3 +352,55 @@ def check_induction_qk_circuit(
             "(query of token i) . (key of previous token j).",
         )
     passed("check_induction_qk_circuit")
+
+
+# ----------------------------------------------------------------------------- exercise 5
+def _window(losses: Tensor, start: int, width: int) -> Tensor:
+    return losses[start : start + width].mean()
+
+
+ICL_MISTAKES = [
+    Mistake(
+        "early minus late",
+        lambda losses, late, early, width: float(
+            _window(losses, early, width) - _window(losses, late, width)
+        ),
+        "the sign is flipped: the score is the LATE loss minus the EARLY one, so that a model "
+        "the context helps gets a negative score.",
+    ),
+    Mistake(
+        "one position each",
+        lambda losses, late, early, width: float(losses[late] - losses[early]),
+        "these are single positions; average the `width` positions starting at each index "
+        "(one position is a noisy estimate).",
+    ),
+    Mistake(
+        "windows ending at the index",
+        lambda losses, late, early, width: float(
+            losses[late - width + 1 : late + 1].mean()
+            - losses[early - width + 1 : early + 1].mean()
+        ),
+        "the windows end at `late` and `early`; they start there: losses[late : late + width].",
+    ),
+]
+
+
+@exercise
+def check_in_context_learning_score(fn: Callable[[Tensor, int, int, int], float]) -> None:
+    """``fn(losses [pos], late, early, width) -> float``, compared with
+    :func:`decoding_gpt.incontext.in_context_learning_score` on random loss curves that
+    fall with position, as a model's do when the context helps."""
+    gen = torch.Generator().manual_seed(5)
+    for n, late, early, width in [(60, 40, 12, 10), (256, 240, 20, 10), (30, 20, 5, 3)]:
+        losses = 3.0 - torch.linspace(0, 1.5, n) + 0.3 * torch.rand(n, generator=gen)
+        got = to_scalar(fn(losses.clone(), late, early, width), "in_context_learning_score")
+        judge(
+            got,
+            in_context_learning_score(losses, late, early, width),
+            ICL_MISTAKES,
+            (losses, late, early, width),
+            what=f"ICL score (late {late}, early {early}, width {width})",
+            atol=1e-6,
+            hint="losses[late : late + width].mean() - losses[early : early + width].mean().",
+        )
+    passed("check_in_context_learning_score")

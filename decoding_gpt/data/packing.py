@@ -25,14 +25,26 @@ import numpy as np
 from jaxtyping import UInt16
 
 from decoding_gpt.data.bpe import eos_id, get_tokenizer, tokenizer_path
+from decoding_gpt.data.chants import CHANT_VERSION, chant_story
 from decoding_gpt.data.labels import TokenLabels, align_char_labels
 from decoding_gpt.data.stdlib_corpus import code_char_labels, stdlib_documents
-from decoding_gpt.data.stories import GENERATOR_VERSION, generate_stories, generate_story
+from decoding_gpt.data.stories import (
+    GENERATOR_VERSION,
+    Split,
+    Story,
+    generate_stories,
+    generate_story,
+)
 
 if TYPE_CHECKING:
     import datasets
 
 DEFAULT_STORY_TOKENS: dict[str, int] = {"train": 20_000_000, "val": 500_000}
+# generated corpora (tokenized with the stories tokenizer) and the story each index gives
+STORY_CORPORA: dict[str, Callable[[int, int, Split], Story]] = {
+    "stories": generate_story,
+    "chant-stories": chant_story,  # decoding_gpt.data.chants
+}
 _STORY_CHUNK = 2048  # stories tokenized per encode_batch call
 _PARALLEL_TOKENS = 4_000_000  # requests at least this large generate in parallel
 
@@ -65,20 +77,23 @@ def _file_hash(path: Path) -> str:
 
 
 def _cache_path(corpus: str, split: str, n_tokens: int | None, seed: int) -> Path:
-    tok = _file_hash(tokenizer_path(corpus))
+    tok = _file_hash(tokenizer_path("stories" if corpus in STORY_CORPORA else corpus))
     if corpus == "stories":
         tag = f"gen{GENERATOR_VERSION}"
+    elif corpus == "chant-stories":
+        tag = f"gen{GENERATOR_VERSION}-chants{CHANT_VERSION}"
     else:
         tag = f"py{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}"
     size = "all" if n_tokens is None else str(n_tokens)
     return cache_dir() / "tokens" / f"{corpus}-{split}-seed{seed}-{size}-{tag}-tok{tok}.npy"
 
 
-def _encode_story_range(args: tuple[int, int, int, str]) -> np.ndarray:
+def _encode_story_range(args: tuple[str, int, int, int, Split]) -> np.ndarray:
     """Packed ids of stories ``start .. start + count - 1`` (runs in a worker process)."""
-    start, count, seed, split = args
+    corpus, start, count, seed, split = args
     tok = get_tokenizer("stories")
-    texts = [generate_story(i, seed, split).text for i in range(start, start + count)]  # type: ignore[arg-type]
+    story = STORY_CORPORA[corpus]
+    texts = [story(i, seed, split).text for i in range(start, start + count)]
     return pack((e.ids for e in tok.encode_batch(texts)), eos_id(tok))
 
 
@@ -97,7 +112,7 @@ def _worker_pool(workers: int) -> multiprocessing.pool.Pool:
             os.environ["TOKENIZERS_PARALLELISM"] = previous
 
 
-def _story_tokens(split: str, n_tokens: int, seed: int) -> np.ndarray:
+def _story_tokens(corpus: str, split: Split, n_tokens: int, seed: int) -> np.ndarray:
     """Generate stories ``0, 1, 2, ...`` of ``(seed, split)`` until ``n_tokens`` are packed.
 
     Large requests use one process per CPU core. Each story is a pure function of its
@@ -114,7 +129,7 @@ def _story_tokens(split: str, n_tokens: int, seed: int) -> np.ndarray:
         while filled < n_tokens:
             # ~120 tokens a story: do not generate far more stories than the request needs.
             count = min(_STORY_CHUNK, (n_tokens - filled) // 100 + 8)
-            jobs = [(index + k * count, count, seed, split) for k in range(workers)]
+            jobs = [(corpus, index + k * count, count, seed, split) for k in range(workers)]
             index += workers * count
             chunks = pool.map(_encode_story_range, jobs) if pool else map(_encode_story_range, jobs)
             for chunk in chunks:
@@ -153,27 +168,28 @@ def _cached(path: Path, n_tokens: int | None, build: Callable[[], np.ndarray]) -
 
 
 def load_token_array(
-    corpus: Literal["stories", "code"],
+    corpus: Literal["stories", "chant-stories", "code"],
     split: Literal["train", "val"],
     n_tokens: int | None = None,
     seed: int = 0,
 ) -> UInt16[np.ndarray, " n_tokens"]:
     """Packed token ids of a corpus split, built once and then read from the cache.
 
-    ``stories``: the first stories of the seeded generator, exactly ``n_tokens`` ids
-    (default :data:`DEFAULT_STORY_TOKENS`). ``code``: every document of the split in a
+    ``stories`` (and ``chant-stories``, :mod:`decoding_gpt.data.chants`): the first
+    stories of the seeded generator, exactly ``n_tokens`` ids (default
+    :data:`DEFAULT_STORY_TOKENS`). ``code``: every document of the split in a
     ``seed``-shuffled order (cached whole), cut to ``n_tokens`` if given.
     """
-    if corpus not in ("stories", "code"):
-        raise ValueError(f"corpus must be 'stories' or 'code', got {corpus!r}")
+    if corpus not in (*STORY_CORPORA, "code"):
+        raise ValueError(f"corpus must be one of {(*STORY_CORPORA, 'code')}, got {corpus!r}")
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     if n_tokens is not None and n_tokens <= 0:
         raise ValueError(f"n_tokens must be positive, got {n_tokens}")
-    if corpus == "stories":
+    if corpus in STORY_CORPORA:
         n = DEFAULT_STORY_TOKENS[split] if n_tokens is None else n_tokens
         return _cached(
-            _cache_path(corpus, split, n, seed), n, lambda: _story_tokens(split, n, seed)
+            _cache_path(corpus, split, n, seed), n, lambda: _story_tokens(corpus, split, n, seed)
         )
     arr = _cached(_cache_path(corpus, split, None, seed), None, lambda: _code_tokens(split, seed))
     if n_tokens is not None and n_tokens > len(arr):

@@ -22,15 +22,28 @@ from torch import Tensor
 
 
 def repeated_random_tokens(
-    d_vocab: int, seq_len: int, batch: int, seed: int = 0, prefix: int | None = None
+    d_vocab: int,
+    seq_len: int,
+    batch: int,
+    seed: int = 0,
+    prefix: int | None = None,
+    token_ids: Int[Tensor, " n"] | None = None,
 ) -> Int[Tensor, "batch pos"]:
     """``[prefix?, r_1..r_T, r_1..r_T]`` with ``r`` uniform in ``[0, d_vocab)``, seeded.
 
     ``T = seq_len``; ``prefix`` (e.g. a BOS id) is prepended when given, so the result has
-    ``2 T`` or ``2 T + 1`` positions.
+    ``2 T`` or ``2 T + 1`` positions. With ``token_ids``, ``r`` is drawn uniformly from
+    those ids instead (e.g. the tokens a model's training text contains: a token it never
+    saw has an embedding no training step moved).
     """
     gen = torch.Generator().manual_seed(seed)
-    r = torch.randint(0, d_vocab, (batch, seq_len), generator=gen)
+    if token_ids is None:
+        r = torch.randint(0, d_vocab, (batch, seq_len), generator=gen)
+    else:
+        token_ids = torch.as_tensor(token_ids).flatten()
+        if token_ids.numel() == 0 or token_ids.min() < 0 or token_ids.max() >= d_vocab:
+            raise ValueError(f"token_ids must be a non-empty set of ids in [0, {d_vocab})")
+        r = token_ids[torch.randint(0, token_ids.numel(), (batch, seq_len), generator=gen)]
     tokens = torch.cat([r, r], dim=1)
     if prefix is not None:
         tokens = torch.cat([torch.full((batch, 1), prefix), tokens], dim=1)

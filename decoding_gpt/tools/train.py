@@ -8,7 +8,7 @@ Usage::
         # (same model and hyper-parameters, train.steps may grow; other changes: init_from)
     torchrun --standalone --nproc_per_node=2 -m decoding_gpt.tools.train CONFIG.toml   # DDP
 
-The config has three tables:
+The config has three tables, and an optional fourth:
 
 ``[model]``
     ``decoding_gpt.transformer.GPTConfig`` fields (``d_vocab``, ``n_ctx``, ``d_model``, ...).
@@ -38,6 +38,10 @@ The config has three tables:
     weights of the checkpoint in ``DIR`` (a curriculum's earlier stage); with
     ``init_heads = [h, ...]`` that checkpoint may have fewer heads per layer, which become
     heads ``h, ...`` of this model (``place_heads``; attn-only-2l's second stage).
+``[snapshots]``
+    ``steps = [0, 100, ...]``: the weights at those steps (float16) go to
+    ``snapshots.safetensors`` in the run folder (:class:`Snapshots`; chants-2l's phase
+    change is read off them). A resumed run keeps the snapshots it had.
 
 The run writes a checkpoint directory (``decoding_gpt.checkpoint``) to ``--out`` (or
 ``train.out_dir``, default ``runs/<config name>``) and prints a summary.
@@ -59,7 +63,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from decoding_gpt.checkpoint import CheckpointError, load_checkpoint
+from decoding_gpt.checkpoint import (
+    SNAPSHOTS_FILE,
+    CheckpointError,
+    load_checkpoint,
+    read_snapshots,
+    save_snapshots,
+)
 from decoding_gpt.data import load_token_array
 from decoding_gpt.data.synthetic import plant_repeated_spans, random_tokens
 from decoding_gpt.device import set_seed
@@ -67,7 +77,7 @@ from decoding_gpt.tools import prog
 from decoding_gpt.training import TrainConfig, init_distributed, train
 from decoding_gpt.transformer import GPT, GPTConfig
 
-SECTIONS = ("model", "data", "train")
+SECTIONS = ("model", "data", "train", "snapshots")
 
 
 # --------------------------------------------------------------------------- config
@@ -274,20 +284,61 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         resume = Path(train_cfg.out_dir)
         if not (resume / "trainer_state.json").is_file():
             raise SystemExit(f"--resume: no resumable checkpoint in {resume}")
+    snapshots = Snapshots(model, _snapshot_steps(config, train_cfg.steps))
+    if resume is not None and (resume / SNAPSHOTS_FILE).is_file():
+        snapshots.taken.update(read_snapshots(resume / SNAPSHOTS_FILE))
+    elif 0 in snapshots.steps:
+        snapshots(0, {})  # the initialisation
     start = time.perf_counter()
     history = train(
         model,
         train_data,
         val_data,
         train_cfg,
+        snapshots if snapshots.steps else None,
         model_config=model_cfg,
         resume_from=resume,
         loss_mask=loss_mask,
     )
     wall = time.perf_counter() - start
     if info.is_main:
+        if snapshots.steps:
+            assert train_cfg.out_dir is not None  # defaulted above: runs/<config name>
+            save_snapshots(Path(train_cfg.out_dir) / SNAPSHOTS_FILE, snapshots.taken)
         _print_summary(model, history, train_cfg, info.world_size, wall)
     return history
+
+
+class Snapshots:
+    """A ``train`` callback that keeps the weights at chosen steps (float16, on the CPU).
+
+    The run writes them to ``snapshots.safetensors`` in its folder
+    (:func:`decoding_gpt.checkpoint.save_snapshots`): how a phenomenon forms during
+    training is read off these, e.g. the induction-head phase change.
+    """
+
+    def __init__(self, model: torch.nn.Module, steps: Sequence[int]) -> None:
+        self.model = model
+        self.steps = frozenset(steps)
+        self.taken: dict[int, dict[str, torch.Tensor]] = {}
+
+    def __call__(self, step: int, history: dict[str, Any]) -> None:
+        if step in self.steps:
+            self.taken[step] = {
+                name: value.detach().to("cpu", torch.float16).clone()
+                for name, value in self.model.state_dict().items()
+            }
+
+
+def _snapshot_steps(config: dict[str, Any], n_steps: int) -> list[int]:
+    """The ``[snapshots] steps`` of a config (``[]`` without the table), checked."""
+    steps = config.get("snapshots", {}).get("steps", [])
+    if not isinstance(steps, list) or not all(isinstance(s, int) for s in steps):
+        raise SystemExit(f"[snapshots]: steps must be a list of integers, got {steps!r}")
+    outside = [s for s in steps if not 0 <= s <= n_steps]
+    if outside:
+        raise SystemExit(f"[snapshots]: steps {outside} lie outside 0..train.steps={n_steps}")
+    return sorted(set(steps))
 
 
 def _start_from(model: GPT, directory: Path, heads: tuple[int, ...] | None = None) -> None:
