@@ -21,6 +21,7 @@ from torch import Tensor
 
 from decoding_gpt.checkpoint import SNAPSHOTS_FILE, load_snapshots, read_snapshots, save_snapshots
 from decoding_gpt.data import eos_id, get_tokenizer, load_token_array
+from decoding_gpt.data.chants import CHANT_LENGTH
 from decoding_gpt.heads import induction_score_on_repeated_tokens
 from decoding_gpt.incontext import PhaseCurves, phase_change_curves, transition_window
 from decoding_gpt.transformer import GPT
@@ -149,8 +150,23 @@ def ship_snapshots(checkpoint: Path, target: Path) -> None:
 
 
 def card_section(metrics: dict[str, Any]) -> list[str]:
-    """The phase change in words, for the card."""
+    """The data, the phase change and the requirements missed, in words, for the card."""
+    missed = []
+    if metrics["max_induction_score"] <= 0.5:
+        missed.append(f"max induction score {metrics['max_induction_score']:.3f} (asked: > 0.5)")
+    if metrics["loss_repeated_half"] >= 1.0:
+        missed.append(
+            f"loss on the repeated half {metrics['loss_repeated_half']:.2f} nats (asked: < 1.0)"
+        )
     return [
+        "## Data", "",
+        f"`{CORPUS}` (`decoding_gpt.data.chants`): the stories grammar with invented names "
+        "and songs; after the opening a child makes up a chant of "
+        f"{CHANT_LENGTH[0]}-{CHANT_LENGTH[1]} random words of the stories' vocabulary, "
+        "which is said again in place of half of the action events and before the ending, "
+        "often from a middle word. Every token is a training target: "
+        "no copy-task stage, no loss mask, no planted spans.", "",
+        *(["## Not met", "", *[f"- {m}" for m in missed], ""] if missed else []),
         "## The phase change", "",
         f"Across the {metrics['n_snapshots']:.0f} shipped snapshots, the in-context learning "
         f"score (loss at tokens {ICL_LATE}-{ICL_LATE + 9} minus tokens "
