@@ -328,10 +328,13 @@ class GPT(HookedRootModule):
         """``logits [batch, pos, d_vocab]``, the next-token ``loss``, ``both`` or ``None``.
 
         With ``kv_cache`` (see :mod:`decoding_gpt.generation`) ``tokens`` are the NEW
-        positions after the cached ones; logits are returned for those only.
+        positions after the cached ones; logits are returned for those only. ``tokens`` may
+        live on any device: they are moved to the model's (as TransformerLens's
+        ``HookedTransformer`` does), so ids built on the CPU run on a GPU model.
         """
         offset = 0 if kv_cache is None else kv_cache.length
         self._check_tokens(tokens, offset)
+        tokens = tokens.to(self.device)
         x = self.hook_embed(self.embed(tokens))  # [batch, pos, d_model]
         if hasattr(self, "pos_embed"):
             pos = self.pos_embed(tokens.shape[1], offset).expand_as(x)  # [batch, pos, d_model]

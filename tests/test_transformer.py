@@ -302,3 +302,18 @@ def test_make_optimizer_steps_like_torch_reference_adamw(fused):
             # gradient is pure rounding noise, which Adam scales up to full-size steps.
             continue
         torch.testing.assert_close(p, q, **tolerance, msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cpu_tokens_run_on_a_cuda_model():
+    """Ids built on the CPU are moved to the model's device, as HookedTransformer does:
+    the CUDA model gives the CPU model's logits and loss (float32, no autocast)."""
+    cpu_model = perturbed().eval()
+    cuda_model = perturbed().eval().cuda()
+    ids = tokens()
+    with torch.no_grad():
+        logits, loss = cuda_model(ids, return_type="both")
+        expected, expected_loss = cpu_model(ids, return_type="both")
+    assert logits.device.type == "cuda"
+    torch.testing.assert_close(logits.cpu(), expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(loss.cpu(), expected_loss, rtol=1e-4, atol=1e-4)
