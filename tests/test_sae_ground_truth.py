@@ -1,11 +1,12 @@
 """The stories' ground truth for SAEs: collected rows equal ``run_with_cache``'s, targets
-follow the documented binarisation, and the match table equals scikit-learn's AUROC and
-F1 computed one latent at a time."""
+follow the documented binarisation, the match table equals scikit-learn's AUROC and F1
+computed one latent at a time, and the probe ceiling equals scikit-learn's ridge."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from sklearn.linear_model import Ridge
 from sklearn.metrics import f1_score, roc_auc_score
 
 from decoding_gpt.checks.hw5 import reference_collect_residuals
@@ -20,6 +21,7 @@ from decoding_gpt.sae.ground_truth import (
     collect_labelled,
     match_table,
     packed_story_tokens,
+    probe_auroc_table,
 )
 
 HOOK = "blocks.0.hook_resid_post"
@@ -89,3 +91,25 @@ def test_match_table_equals_sklearn():
     assert best["story_sentiment"].latent == 3 and best["story_sentiment"].klass == "happy"
     with pytest.raises(ValueError, match="one value per row"):
         match_table(acts[:10], labels)
+
+
+def test_probe_auroc_table_equals_sklearn_ridge():
+    gen = torch.Generator().manual_seed(1)
+    n_train, n_test, d = 600, 300, 8
+    labels = [
+        {name: torch.randint(0, 2, (n,), generator=gen) for name in LABEL_NAMES}
+        for n in (n_train, n_test)
+    ]
+    x_train, x_test = torch.randn(n_train, d, generator=gen), torch.randn(n_test, d, generator=gen)
+    for x, labs in ((x_train, labels[0]), (x_test, labels[1])):
+        x[:, 2] += 1.5 * labs["inside_quote"]  # a direction that reads the label
+    table = probe_auroc_table(x_train, labels[0], x_test, labels[1], lam=1.0)
+    train_targets = {(a, k): (dd, p) for a, k, dd, p in binary_targets(labels[0])}
+    for label, klass, defined, positive in binary_targets(labels[1]):
+        d_tr, p_tr = train_targets[label, klass]
+        ridge = Ridge(alpha=1.0).fit(x_train[d_tr].double().numpy(), p_tr[d_tr].double().numpy())
+        score = ridge.predict(x_test[defined].double().numpy())
+        expected = roc_auc_score(positive[defined].numpy(), score)
+        assert table[label, klass] == pytest.approx(expected, abs=1e-4), (label, klass)
+    assert table["inside_quote", "inside"] > 0.85  # the planted direction is found
+    assert abs(table["story_sentiment", "happy"] - 0.5) < 0.1  # noise stays near chance

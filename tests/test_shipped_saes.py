@@ -105,3 +105,22 @@ def test_sae_meets_the_quality_bars(measured):
     _, metrics = measured
     assert metrics["ce_loss_score"] > 0.9
     assert metrics["dead_fraction"] < 0.1
+
+
+def test_build_writes_the_probe_ceiling_table():
+    """A tiny build (10 train stories, 5 evaluation stories, one hook) reaches the card's
+    probe table: one row per ``[ceiling]`` hook, every label with its best class."""
+    name = SHIPPED[0]
+    hook = sae_info(name).hook_name
+    cfg = build.read_config(
+        name,
+        ["data.train_stories=10", "data.eval_stories=5", f'ceiling.hooks=["{hook}"]'],
+    )
+    model = load_native(cfg["model"], device="cpu")
+    rows = build.probe_ceilings(model, cfg, cfg["ceiling"]["hooks"])
+    assert [r["hook"] for r in rows] == [hook]
+    assert all(0.0 <= rows[0][f"{label}_auroc"] <= 1.0 for label in build._labels(rows[0]))
+    metrics = sae_info(name).metrics
+    card = build.write_card(name, cfg, {**metrics, "train_tokens": 0}, [], rows)
+    assert "## What one direction can reach: linear probes by hook" in card
+    assert f"| {hook} | {rows[0]['inside_quote_auroc']} ({rows[0]['inside_quote_class']}) |" in card

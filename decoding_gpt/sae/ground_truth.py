@@ -39,6 +39,7 @@ from decoding_gpt.activations import ActivationSet, collect_activations
 from decoding_gpt.data.bpe import eos_id
 from decoding_gpt.data.stories import LABEL_NAMES, Story, label_tokens
 from decoding_gpt.data.world import CHARACTERS, GENDER_CODE
+from decoding_gpt.probes import fit_linear_probe
 from decoding_gpt.sae.metrics import auroc_matrix, f1_matrix
 
 # character id -> gender code (0 female, 1 male), as a lookup table; -1 stays -1
@@ -255,3 +256,30 @@ def best_per_label(rows: list[LabelMatch]) -> dict[str, LabelMatch]:
         if row.label not in best or row.auroc > best[row.label].auroc:
             best[row.label] = row
     return best
+
+
+def probe_auroc_table(
+    x_train: Float[Tensor, "n d"],
+    train_labels: dict[str, Int[Tensor, " n"]],
+    x_test: Float[Tensor, "m d"],
+    test_labels: dict[str, Int[Tensor, " m"]],
+    lam: float = 1.0,
+) -> dict[tuple[str, str], float]:
+    """For every ``(label, class)`` of :func:`binary_targets`, the test AUROC of a linear
+    probe onto the class: ridge regression ``min_w ||X w + b - y||^2 + lam ||w||^2`` on the
+    training tokens where the label is defined (``y`` = 1 on the class, 0 elsewhere),
+    scored on the test tokens where it is defined.
+
+    A latent is a direction too (its encoder column), made sparse, so this is roughly the
+    best a single latent at the same hook can reach: the ceiling of :func:`match_table`.
+    """
+    test_targets = {(a, k): (d, p) for a, k, d, p in binary_targets(test_labels)}
+    table = {}
+    for label, klass, defined, positive in binary_targets(train_labels):
+        if (label, klass) not in test_targets:
+            continue  # the class does not occur among the test tokens
+        probe = fit_linear_probe(x_train[defined], positive[defined].float(), lam=lam)
+        d_te, p_te = test_targets[label, klass]
+        score = probe.predict(x_test[d_te])
+        table[label, klass] = float(auroc_matrix(score, p_te[d_te][:, None])[0, 0])
+    return table

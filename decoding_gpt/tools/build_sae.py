@@ -14,7 +14,9 @@ SAE's. Measured on the evaluation stories, with package functions
 (:mod:`decoding_gpt.sae.metrics`, :mod:`decoding_gpt.sae.ground_truth`): L0, explained
 variance, MSE, CE loss recovered (the SAE spliced into the model on packed 128-token
 rows), dead latents, and for every ground-truth label the best single latent's AUROC
-and F1 (:func:`decoding_gpt.sae.ground_truth.match_table`). The SAE is written in SAELens
+and F1 (:func:`decoding_gpt.sae.ground_truth.match_table`); and, at every hook of
+``[ceiling]``, each label's linear-probe AUROC, what a single direction there reaches
+(:func:`probe_ceilings`). The SAE is written in SAELens
 format to ``decoding_gpt/pretrained/saes/NAME/`` with a ``card.md``, and
 ``saes/registry.json`` records the sha256 of its files and the metrics.
 """
@@ -44,6 +46,7 @@ from decoding_gpt.sae.ground_truth import (
     collect_labelled,
     match_table,
     packed_story_tokens,
+    probe_auroc_table,
 )
 from decoding_gpt.sae.metrics import dead_latents, feature_acts_of, firing_frequency
 from decoding_gpt.sae.shipped import SAE_CONFIG_DIR, SAE_REGISTRY_FILE, SAES_DIR
@@ -193,6 +196,28 @@ def run_sweep(model: Any, cfg: dict[str, Any], data: Data) -> list[dict[str, Any
     return rows
 
 
+def probe_ceilings(model: Any, cfg: dict[str, Any], hooks: list[str]) -> list[dict[str, Any]]:
+    """Per hook of ``[ceiling]``, every label's best class by the AUROC of a linear probe
+    (:func:`decoding_gpt.sae.ground_truth.probe_auroc_table`: ridge regression fitted on the
+    training stories' activations, scored on the evaluation stories). A latent is a
+    direction made sparse, so this is roughly what the best single latent at the hook can
+    reach: it tells a hook where no SAE can match a label from one where the SAE misses."""
+    rows = []
+    for hook in hooks:  # one hook at a time: all of them at once hold ~2 GB of activations
+        data = collect(model, cfg, [hook])
+        train, test = data.train[hook], data.test[hook]
+        table = probe_auroc_table(train.acts.acts, train.labels, test.acts.acts, test.labels)
+        row: dict[str, Any] = {"hook": hook}
+        for (label, klass), auroc in table.items():
+            if auroc > row.get(f"{label}_auroc", -1.0):
+                row[f"{label}_auroc"], row[f"{label}_class"] = round(auroc, 4), klass
+        row["labels_matched"] = sum(1 for k in _labels(row) if row[f"{k}_auroc"] > AUROC_MATCH)
+        rows.append(row)
+        aurocs = " ".join(f"{row[f'{n}_auroc']:.3f}" for n in _labels(row))
+        print(f"probe ceiling {hook:26s} | {aurocs} | > {AUROC_MATCH}: {row['labels_matched']}")
+    return rows
+
+
 def _sweep_line(row: dict[str, Any]) -> str:
     aurocs = " ".join(f"{row[f'{n}_auroc']:.3f}" for n in _labels(row))
     return (
@@ -209,8 +234,15 @@ def _labels(metrics: dict[str, Any]) -> list[str]:
 # --------------------------------------------------------------------------- card
 
 
-def write_card(name: str, cfg: dict[str, Any], metrics: dict[str, Any], sweep: list[dict]) -> str:
-    """The model card: what it is, metrics, the ground-truth table, the sweep, reproduce."""
+def write_card(
+    name: str,
+    cfg: dict[str, Any],
+    metrics: dict[str, Any],
+    sweep: list[dict],
+    ceilings: list[dict] | None = None,
+) -> str:
+    """The model card: what it is, metrics, the ground-truth table, the probe ceilings by
+    hook, the sweep, reproduce."""
     s = cfg["sae"]
     lines = [
         f"# {name}",
@@ -261,6 +293,8 @@ def write_card(name: str, cfg: dict[str, Any], metrics: dict[str, Any], sweep: l
         f"{metrics['labels_matched']} of {len(_labels(metrics))}.",
         "",
     ]
+    if ceilings:
+        lines += _ceiling_table(ceilings)
     if sweep:
         lines += _sweep_table(cfg, sweep)
     t = cfg["train"]
@@ -282,6 +316,26 @@ def write_card(name: str, cfg: dict[str, Any], metrics: dict[str, Any], sweep: l
         "",
     ]
     return "\n".join(lines)
+
+
+def _ceiling_table(ceilings: list[dict]) -> list[str]:
+    labels = _labels(ceilings[0])
+    lines = [
+        "## What one direction can reach: linear probes by hook",
+        "",
+        "A latent is a direction (its encoder column) made sparse, so a linear probe onto a "
+        "class bounds, roughly, what a single latent at the same hook can reach. Per hook and "
+        "label: the best class's AUROC of a ridge probe (`decoding_gpt.sae.ground_truth."
+        "probe_auroc_table`, penalty 1.0) fitted on the training stories' activations and "
+        f"scored on the evaluation stories; the last column counts the labels above {AUROC_MATCH}.",
+        "",
+        "| hook | " + " | ".join(labels) + f" | > {AUROC_MATCH} |",
+        "|" + "---|" * (2 + len(labels)),
+    ]
+    for r in ceilings:
+        cells = [r["hook"], *(f"{r[f'{n}_auroc']} ({r[f'{n}_class']})" for n in labels)]
+        lines.append("| " + " | ".join(str(c) for c in [*cells, r["labels_matched"]]) + " |")
+    return [*lines, ""]
 
 
 def _sweep_table(cfg: dict[str, Any], sweep: list[dict]) -> list[str]:
@@ -348,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     hooks = sorted({cfg["hook_name"], *([] if args.no_sweep else cfg["sweep"]["hooks"])})
     data = collect(model, cfg, hooks)
     sweep = [] if args.no_sweep else run_sweep(model, cfg, data)
+    ceilings = [] if args.no_sweep else probe_ceilings(model, cfg, cfg["ceiling"]["hooks"])
     s, t0 = cfg["sae"], time.perf_counter()
     train_acts = data.train[cfg["hook_name"]].acts.acts
     sae = train_one(train_acts, cfg["hook_name"], s["architecture"], s["d_sae"], s["sparsity"],
@@ -362,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(json.dumps(metrics, indent=2))
     if not args.no_register:
-        register(args.name, cfg, sae, metrics, write_card(args.name, cfg, metrics, sweep))
+        register(args.name, cfg, sae, metrics, write_card(args.name, cfg, metrics, sweep, ceilings))
     return 0
 
 
