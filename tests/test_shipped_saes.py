@@ -121,6 +121,6 @@ def test_build_writes_the_probe_ceiling_table():
     assert [r["hook"] for r in rows] == [hook]
     assert all(0.0 <= rows[0][f"{label}_auroc"] <= 1.0 for label in build._labels(rows[0]))
     metrics = sae_info(name).metrics
-    card = build.write_card(name, cfg, {**metrics, "train_tokens": 0}, [], rows)
+    card = build.write_card(name, cfg, metrics, [], rows)
     assert "## What one direction can reach: linear probes by hook" in card
     assert f"| {hook} | {rows[0]['inside_quote_auroc']} ({rows[0]['inside_quote_class']}) |" in card
