@@ -119,6 +119,8 @@ def test_build_writes_the_probe_ceiling_table():
     model = load_native(cfg["model"], device="cpu")
     rows = build.probe_ceilings(model, cfg, cfg["ceiling"]["hooks"])
     assert [r["hook"] for r in rows] == [hook]
+    # the sweep's activations, when passed, give the same row without collecting again
+    assert build.probe_ceilings(model, cfg, [hook], build.collect(model, cfg, [hook])) == rows
     assert all(0.0 <= rows[0][f"{label}_auroc"] <= 1.0 for label in build._labels(rows[0]))
     metrics = sae_info(name).metrics
     card = build.write_card(name, cfg, metrics, [], rows)

@@ -196,15 +196,21 @@ def run_sweep(model: Any, cfg: dict[str, Any], data: Data) -> list[dict[str, Any
     return rows
 
 
-def probe_ceilings(model: Any, cfg: dict[str, Any], hooks: list[str]) -> list[dict[str, Any]]:
+def probe_ceilings(
+    model: Any, cfg: dict[str, Any], hooks: list[str], collected: Data | None = None
+) -> list[dict[str, Any]]:
     """Per hook of ``[ceiling]``, every label's best class by the AUROC of a linear probe
     (:func:`decoding_gpt.sae.ground_truth.probe_auroc_table`: ridge regression fitted on the
     training stories' activations, scored on the evaluation stories). A latent is a
     direction made sparse, so this is roughly what the best single latent at the hook can
-    reach: it tells a hook where no SAE can match a label from one where the SAE misses."""
+    reach: it tells a hook where no SAE can match a label from one where the SAE misses.
+    Hooks already in ``collected`` (the sweep's) are not collected again."""
     rows = []
     for hook in hooks:  # one hook at a time: all of them at once hold ~2 GB of activations
-        data = collect(model, cfg, [hook])
+        if collected is not None and hook in collected.train:
+            data = collected
+        else:
+            data = collect(model, cfg, [hook])
         train, test = data.train[hook], data.test[hook]
         table = probe_auroc_table(train.acts.acts, train.labels, test.acts.acts, test.labels)
         row: dict[str, Any] = {"hook": hook}
@@ -402,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     hooks = sorted({cfg["hook_name"], *([] if args.no_sweep else cfg["sweep"]["hooks"])})
     data = collect(model, cfg, hooks)
     sweep = [] if args.no_sweep else run_sweep(model, cfg, data)
-    ceilings = [] if args.no_sweep else probe_ceilings(model, cfg, cfg["ceiling"]["hooks"])
+    ceilings = [] if args.no_sweep else probe_ceilings(model, cfg, cfg["ceiling"]["hooks"], data)
     s, t0 = cfg["sae"], time.perf_counter()
     train_acts = data.train[cfg["hook_name"]].acts.acts
     sae = train_one(train_acts, cfg["hook_name"], s["architecture"], s["d_sae"], s["sparsity"],
