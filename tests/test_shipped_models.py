@@ -57,11 +57,12 @@ REQUIREMENTS = {
 # asserts they are still missed, so a retrained model that meets one fails here until
 # its entry is removed (and the README's table updated).
 KNOWN_MISSES: dict[tuple[str, str], str] = {
-    # three layer-1 heads share the induction (0.34, 0.31, 0.28 on [EOS, r, r], r drawn
-    # from the tokens the text contains), and the direct path's confident bigram guesses
-    # keep the repeated half expensive: issue 19's targets for a text-trained model
-    ("chants-2l", "max_induction_score"): "0.338",
-    ("chants-2l", "loss_repeated_half"): "8.19",
+    # one layer-1 head does the induction (0.43 on [EOS, r, r], r drawn from the tokens
+    # the text contains; 0.43-0.50 over the last 4,000 steps), and the direct path's
+    # confident bigram guesses keep the repeated half expensive: issue 19's targets for a
+    # text-trained model
+    ("chants-2l", "max_induction_score"): "0.427",
+    ("chants-2l", "loss_repeated_half"): "7.93",
 }
 
 

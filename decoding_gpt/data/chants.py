@@ -1,6 +1,6 @@
 """Stories with chants: text in which copying pays for almost every word of the vocabulary.
 
-A child in the story makes up a silly chant, a string of 6-12 words drawn at random from
+A child in the story makes up a silly chant, a string of 8-40 words drawn at random from
 the stories' own vocabulary, and the chant is said again later, often from a word in
 its middle::
 
@@ -16,8 +16,11 @@ tied to a few words; it works on repeated random tokens too. Everything else is 
 grammar of :mod:`decoding_gpt.data.stories` with invented words on (names, songs), and a
 model trains on every token: no copy task, no loss mask.
 
-The chant is said when the story opens, in place of half of the ``action`` events, and
-before the ending; the first time it is made up, every later time it is repeated.
+The chant is said when the story opens, in place of four in five ``action`` events, and
+before the ending; the first time it is made up, every later time it is repeated. (Version
+1 had chants of 6-12 words in place of half the action events: a model trained on it formed
+induction heads that stayed below 0.35 on repeated random tokens; denser repetition pays
+copying more.)
 """
 
 from __future__ import annotations
@@ -36,10 +39,10 @@ from decoding_gpt.data.stories import (
     write_story,
 )
 
-CHANT_VERSION = 1  # bump when the chant stories change
+CHANT_VERSION = 2  # bump when the chant stories change
 CHANT_CONFIG = StoryConfig(invented_words=True)
-CHANT_LENGTH = (6, 12)  # words in a chant
-CHANT_IN_PLACE_OF_ACTION = 0.5  # the chance that an ``action`` event is a chant instead
+CHANT_LENGTH = (8, 40)  # words in a chant
+CHANT_IN_PLACE_OF_ACTION = 0.8  # the chance that an ``action`` event is a chant instead
 CHANT_FROM_START = 0.3  # the chance that a repeat starts at the chant's first word
 LEXICON_STORIES = 3000  # the chant vocabulary is read off this many base-corpus stories
 _LOWER_WORD = re.compile(r"\b[a-z]{2,}\b")  # whole lower-case words (not "s" of "Tom's")

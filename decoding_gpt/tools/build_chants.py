@@ -21,7 +21,7 @@ from torch import Tensor
 
 from decoding_gpt.checkpoint import SNAPSHOTS_FILE, load_snapshots, read_snapshots, save_snapshots
 from decoding_gpt.data import eos_id, get_tokenizer, load_token_array
-from decoding_gpt.data.chants import CHANT_LENGTH
+from decoding_gpt.data.chants import CHANT_IN_PLACE_OF_ACTION, CHANT_LENGTH
 from decoding_gpt.heads import induction_score_on_repeated_tokens
 from decoding_gpt.incontext import PhaseCurves, phase_change_curves, transition_window
 from decoding_gpt.transformer import GPT
@@ -122,10 +122,12 @@ def evaluate(model: GPT, checkpoint: Path) -> dict[str, float | str]:
 
 def choose_snapshots(curves: PhaseCurves, n: int = N_SHIPPED) -> list[int]:
     """``n`` of the run's snapshot steps: the first and the last, half around the
-    induction score's window (:func:`settled_window`, widened by half its length on each
-    side), the rest spread over the rest of the run."""
+    induction score's window (:func:`settled_window`, widened on each side by half its
+    length or a tenth of the run, whichever is more), the rest spread over the rest of
+    the run."""
     start, end = settled_window(curves.steps, curves.induction_score)
-    margin = (end - start) // 2
+    # a jump between two snapshots gives start == end: still show its approach and wake
+    margin = max((end - start) // 2, curves.steps[-1] // 10)
     ends = {curves.steps[0], curves.steps[-1]}
     inside = [s for s in curves.steps if start - margin <= s <= end + margin and s not in ends]
     outside = [s for s in curves.steps if s not in inside and s not in ends]
@@ -163,7 +165,8 @@ def card_section(metrics: dict[str, Any]) -> list[str]:
         f"`{CORPUS}` (`decoding_gpt.data.chants`): the stories grammar with invented names "
         "and songs; after the opening a child makes up a chant of "
         f"{CHANT_LENGTH[0]}-{CHANT_LENGTH[1]} random words of the stories' vocabulary, "
-        "which is said again in place of half of the action events and before the ending, "
+        f"which is said again in place of {CHANT_IN_PLACE_OF_ACTION:.0%} of the action events "
+        "and before the ending, "
         "often from a middle word. Every token is a training target: "
         "no copy-task stage, no loss mask, no planted spans.", "",
         *(["## Not met", "", *[f"- {m}" for m in missed], ""] if missed else []),
@@ -173,7 +176,13 @@ def card_section(metrics: dict[str, Any]) -> list[str]:
         f"{ICL_EARLY}-{ICL_EARLY + 9} of held-out text) makes the middle half of its change "
         "after the first fifth of the run "
         f"between steps {metrics['icl_window_start']} and {metrics['icl_window_end']}, the "
-        f"best induction score between steps {metrics['induction_window_start']} and "
-        f"{metrics['induction_window_end']} (gap between the windows: "
+        f"best induction score {_steps_phrase(metrics)} (gap between the windows: "
         f"{metrics['windows_gap_fraction']:.0%} of the run).", "",
     ]  # fmt: skip
+
+
+def _steps_phrase(metrics: dict[str, Any]) -> str:
+    start, end = metrics["induction_window_start"], metrics["induction_window_end"]
+    if start == end:  # both quartiles crossed between two consecutive snapshots
+        return f"within one interval between snapshots, ending at step {start}"
+    return f"between steps {start} and {end}"
