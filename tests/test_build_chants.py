@@ -25,12 +25,15 @@ def test_a_jump_between_two_snapshots_still_ships_its_approach_and_wake():
 
 
 def test_a_wide_window_is_widened_by_half_its_length():
+    """A ramp from step 2,000 to 8,000: the middle half of the change is steps 3,500-6,500,
+    and half its length (1,500) is more than a tenth of the run (1,000), so the shipped
+    snapshots around it reach from step 2,000 to 8,000."""
     steps = list(range(0, 10_001, 100))
-    induction = [min(1.0, max(0.0, (s - 3000) / 4000)) for s in steps]  # 3000 -> 7000
+    induction = [min(1.0, max(0.0, (s - 2000) / 6000)) for s in steps]
     chosen = choose_snapshots(_curves(steps, induction))
     assert len(chosen) == N_SHIPPED
-    inside = [s for s in chosen if 3000 <= s <= 7000]  # window 4000-6000, widened by 1000
-    assert len(inside) >= N_SHIPPED // 2
+    assert {2000, 8000} <= set(chosen)  # the widened window's ends (a tenth: 2,500, 7,500)
+    assert len([s for s in chosen if 2000 <= s <= 8000]) >= N_SHIPPED // 2
 
 
 def test_the_card_words_a_one_interval_window():
