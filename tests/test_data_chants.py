@@ -8,12 +8,29 @@ import numpy as np
 import pytest
 
 from decoding_gpt.data import get_tokenizer
-from decoding_gpt.data.chants import CHANT_LENGTH, chant_story, chant_vocabulary
+from decoding_gpt.data.chants import (
+    CHANT_LENGTH,
+    CHANT_NUMBERS,
+    FRAMES,
+    chant_story,
+    chant_vocabulary,
+    recitations,
+)
 from decoding_gpt.data.packing import load_token_array
 from decoding_gpt.data.stories import generate_story
 
-MADE_UP = re.compile(r"made up a silly chant: ([a-z ]+)\.")
-SAID_AGAIN = re.compile(r"said the chant again: ([a-z ]+)\.")
+
+def words_of(text: str) -> list[tuple[int, list[str]]]:
+    """Every recitation in the story, in order: (which frame, its words)."""
+    return [(r.frame, text[r.start : r.end].split()) for r in recitations(text)]
+
+
+def test_recitations_are_found_in_every_frame():
+    text = 'Tom chanted: a b1 C. Mia said, "Hi." "b1 C," chanted Mia. Bo shouted: C!'
+    found = recitations(text)
+    assert [r.frame for r in found] == [0, 2, 1]
+    assert [text[r.start : r.end] for r in found] == ["a b1 C", "b1 C", "C"]
+    assert recitations('Mia sang a little song: "La ri."') == []
 
 
 @pytest.fixture(scope="module")
@@ -21,40 +38,50 @@ def stories():
     return [chant_story(i, seed=1).text for i in range(200)]
 
 
-def test_every_story_makes_up_one_chant_and_says_it_again(stories):
+def test_every_story_makes_up_one_chant_and_chants_it_again(stories):
     vocabulary = set(chant_vocabulary())
     for text in stories:
-        made = MADE_UP.findall(text)
-        assert len(made) == 1, text
-        chant = made[0].split()
-        assert CHANT_LENGTH[0] <= len(chant) <= CHANT_LENGTH[1]
+        (_, chant), *repeats = words_of(text)
+        assert CHANT_LENGTH[0] <= len(chant) <= CHANT_LENGTH[1], text
         assert set(chant) <= vocabulary
-        repeats = SAID_AGAIN.findall(text)
         assert repeats, text  # at least the one before the ending
-        for said in repeats:
-            words = said.split()
+        for _, words in repeats:
             assert words == chant[len(chant) - len(words) :]  # a suffix: from some word on
             assert len(words) >= 3
 
 
 def test_repeats_often_start_in_the_middle(stories):
-    starts = [
-        len(MADE_UP.findall(t)[0].split()) - len(r.split())
-        for t in stories
-        for r in SAID_AGAIN.findall(t)
-    ]
+    starts = []
+    for text in stories:
+        (_, chant), *repeats = words_of(text)
+        starts += [len(chant) - len(words) for _, words in repeats]
     share_from_first_word = starts.count(0) / len(starts)
     assert 0.2 < share_from_first_word < 0.4  # CHANT_FROM_START = 0.3
 
 
-def test_chant_words_are_the_base_corpus_words_and_over_half_its_tokens():
+def test_nothing_in_the_framing_tells_a_repeat_from_the_first_recitation(stories):
+    first = [words_of(t)[0][0] for t in stories]
+    later = [frame for t in stories for frame, _ in words_of(t)[1:]]
+    for frame in range(len(FRAMES)):  # each frame is drawn alike, first time or not
+        assert abs(first.count(frame) / len(first) - 1 / len(FRAMES)) < 0.1
+        assert abs(later.count(frame) / len(later) - 1 / len(FRAMES)) < 0.05
+
+
+def test_chants_draw_numbers_at_their_rate(stories):
+    words = [w for t in stories for w in words_of(t)[0][1]]
+    share = sum(w.isdigit() for w in words) / len(words)
+    assert abs(share - CHANT_NUMBERS) < 0.03
+
+
+def test_chant_words_are_the_base_corpus_words_and_most_of_its_tokens():
     tok = get_tokenizer("stories")
     vocabulary = chant_vocabulary()
-    assert len(vocabulary) > 300 and all(re.fullmatch(r"[a-z]{2,}", w) for w in vocabulary)
+    assert len(vocabulary) > 900 and all(re.fullmatch(r"[A-Za-z0-9]{2,}", w) for w in vocabulary)
+    assert {"Tom", "market", "1712"} <= set(vocabulary)
     chant_tokens = {i for w in vocabulary for i in tok.encode(" " + w).ids}
     base_tokens = {i for k in range(300) for i in tok.encode(generate_story(k).text).ids}
-    # the rest: capitalised words, punctuation, digits of years, names
-    assert len(chant_tokens & base_tokens) / len(base_tokens) > 0.5
+    # the rest: punctuation, pieces of words after a quotation mark, single letters
+    assert len(chant_tokens & base_tokens) / len(base_tokens) > 0.7
 
 
 def test_chant_stories_are_pure_functions_of_their_arguments():

@@ -1,26 +1,34 @@
-"""Stories with chants: text in which copying pays for almost every word of the vocabulary.
+"""Stories with chants: text in which copying pays for most of the tokens the text uses.
 
 A child in the story makes up a silly chant, a string of 8-40 words drawn at random from
-the stories' own vocabulary, and the chant is said again later, often from a word in
-its middle::
+the stories' own words (capitalised words and years too), and chants it again
+later, often from a word in its middle::
 
-     Mia made up a silly chant: boy in took the market yan and cake. ...
-     Tom said the chant again: the market yan and cake.
+     Mia chanted: boy in Tom took 1712 the market yan and cake. ...
+     "the market yan and cake," chanted Tom.
 
-Nothing in the grammar predicts which word follows which inside a chant (any word of the
-vocabulary may follow any other), and a repeat can start anywhere, so the only way to
-predict a repeated chant word is to find the current word earlier in the story and copy
-the word that followed it there: what an induction head does. Because the chant words
-cover most of the tokens the corpus uses, the copying a model learns from chants is not
-tied to a few words; it works on repeated random tokens too. Everything else is the base
-grammar of :mod:`decoding_gpt.data.stories` with invented words on (names, songs), and a
-model trains on every token: no copy task, no loss mask.
+Nothing in the grammar predicts which word follows which inside a chant (any word may
+follow any other), and a repeat can start anywhere, so the only way to predict a repeated
+chant word is to find the current word earlier in the story and copy the word that
+followed it there: what an induction head does. Every recitation, the first one too, is
+framed the same way (one of :data:`FRAMES`, drawn each time), so nothing but the earlier
+copy tells that a chant is said again: copying is not gated on a cue the repeated
+random tokens of the induction test lack. Everything else is the base grammar of
+:mod:`decoding_gpt.data.stories` with invented words on (names, songs), and a model
+trains on every token: no copy task, no loss mask.
 
 The chant is said when the story opens, in place of four in five ``action`` events, and
-before the ending; the first time it is made up, every later time it is repeated. (Version
-1 had chants of 6-12 words in place of half the action events: a model trained on it formed
-induction heads that stayed below 0.35 on repeated random tokens; denser repetition pays
-copying more.)
+before the ending.
+
+Earlier versions, and what a 2-layer model trained on them learned:
+
+- 1: chants of 6-12 lower-case words in place of half the action events; induction heads
+  below 0.35 on repeated random tokens.
+- 2: 8-40 lower-case words, four in five action events, "made up a silly chant: ..." the
+  first time and "said the chant again: ..." later. One induction head (0.43), but its
+  copying waited for the cue: with "said the chant again:" before the second copy of
+  repeated random words the loss there was 0.16 nats, without it 2.96; and lower-case
+  words are under half the tokens the text uses.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from __future__ import annotations
 import functools
 import random
 import re
+from typing import NamedTuple
 
 from decoding_gpt.data.stories import (
     Split,
@@ -39,45 +48,65 @@ from decoding_gpt.data.stories import (
     write_story,
 )
 
-CHANT_VERSION = 2  # bump when the chant stories change
+CHANT_VERSION = 3  # bump when the chant stories change
 CHANT_CONFIG = StoryConfig(invented_words=True)
 CHANT_LENGTH = (8, 40)  # words in a chant
 CHANT_IN_PLACE_OF_ACTION = 0.8  # the chance that an ``action`` event is a chant instead
 CHANT_FROM_START = 0.3  # the chance that a repeat starts at the chant's first word
+CHANT_NUMBERS = 0.15  # the chance that a chant word is a number (a year), not a word
 LEXICON_STORIES = 3000  # the chant vocabulary is read off this many base-corpus stories
-_LOWER_WORD = re.compile(r"\b[a-z]{2,}\b")  # whole lower-case words (not "s" of "Tom's")
+_WORD = re.compile(r"\b[A-Za-z0-9]{2,}\b")  # whole words and numbers (not "s" of "Tom's")
+# How every recitation is framed, the first too: ``{who}`` chants ``{words}``.
+FRAMES = ("{who} chanted: {words}.", "{who} shouted: {words}!", '"{words}," chanted {who}.')
 
 
 @functools.cache
 def chant_vocabulary() -> tuple[str, ...]:
-    """The words a chant is made of: every lower-case word of two or more letters in the
-    first :data:`LEXICON_STORIES` stories of the base corpus (seed 0, train), sorted."""
+    """The words a chant is made of: every word or number of two or more characters in
+    the first :data:`LEXICON_STORIES` stories of the base corpus (seed 0, train), as
+    written (capitals kept), sorted."""
     words = set()
     for index in range(LEXICON_STORIES):
-        words.update(_LOWER_WORD.findall(generate_story(index).text))
+        words.update(_WORD.findall(generate_story(index).text))
     return tuple(sorted(words))
 
 
+@functools.cache
+def _numbers_and_words() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    vocabulary = chant_vocabulary()
+    return tuple(w for w in vocabulary if w.isdigit()), tuple(
+        w for w in vocabulary if not w.isdigit()
+    )
+
+
 class _ChantGrammar(_StoryGrammar):
-    """The story grammar with a chant made up at the opening and said again later."""
+    """The story grammar with a chant made up at the opening and chanted again later."""
 
     def __init__(self, rng: random.Random, config: StoryConfig) -> None:
         super().__init__(rng, config)
         self.chant: list[str] | None = None
 
     def recite(self) -> None:
-        """Make up the chant (first call) or say it again from a random word."""
-        who = self.rng.choice(self.cast)
+        """Make up the chant (first call) or chant it again from a random word; both are
+        framed alike (:data:`FRAMES`)."""
         if self.chant is None:
-            vocabulary, length = chant_vocabulary(), self.rng.randint(*CHANT_LENGTH)
-            self.chant = [self.rng.choice(vocabulary) for _ in range(length)]
-            self.w.sentence(f"{who.name} made up a silly chant: {' '.join(self.chant)}.", who)
-            return
-        start = 0
-        if self.rng.random() >= CHANT_FROM_START:  # from a middle word: only copying helps
-            start = self.rng.randint(1, len(self.chant) - 3)
-        words = " ".join(self.chant[start:])
-        self.w.sentence(f"{who.name} said the chant again: {words}.", who)
+            length = self.rng.randint(*CHANT_LENGTH)
+            self.chant = [self.chant_word() for _ in range(length)]
+            words = self.chant
+        else:
+            start = 0
+            if self.rng.random() >= CHANT_FROM_START:  # from a middle word: only copying helps
+                start = self.rng.randint(1, len(self.chant) - 3)
+            words = self.chant[start:]
+        who = self.rng.choice(self.cast)
+        frame = self.rng.choice(FRAMES)
+        self.w.sentence(frame.format(who=who.name, words=" ".join(words)), who)
+
+    def chant_word(self) -> str:
+        """A word of :func:`chant_vocabulary`; a number with chance :data:`CHANT_NUMBERS`
+        (the years outnumber the words, and would crowd them out if drawn alike)."""
+        numbers, words = _numbers_and_words()
+        return self.rng.choice(numbers if self.rng.random() < CHANT_NUMBERS else words)
 
     def opening(self) -> None:
         super().opening()
@@ -92,6 +121,33 @@ class _ChantGrammar(_StoryGrammar):
     def ending(self) -> None:
         self.recite()
         super().ending()
+
+
+def _frame_pattern(frame: str) -> str:
+    """``frame`` as a regex: any capitalised name, the words captured."""
+    escaped = re.escape(frame).replace(r"\{who\}", "[A-Z][a-z]+")
+    return escaped.replace(r"\{words\}", r"([A-Za-z0-9]+(?: [A-Za-z0-9]+)*)")
+
+
+_RECITATION = re.compile("|".join(f"(?:{_frame_pattern(frame)})" for frame in FRAMES))
+
+
+class Recitation(NamedTuple):
+    """One recitation of the chant in a story's text: its frame and its words' span."""
+
+    frame: int  # index into FRAMES
+    start: int  # character offsets of the words in the text
+    end: int
+
+
+def recitations(text: str) -> list[Recitation]:
+    """The chant's recitations in a chant story's ``text``, in order: the first is where
+    it is made up, the rest say it again (a suffix of it)."""
+    found = []
+    for match in _RECITATION.finditer(text):
+        frame = next(i for i, words in enumerate(match.groups()) if words is not None)
+        found.append(Recitation(frame, match.start(frame + 1), match.end(frame + 1)))
+    return found
 
 
 def chant_story(index: int, seed: int = 0, split: Split = "train") -> Story:

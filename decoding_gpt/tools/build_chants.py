@@ -21,7 +21,7 @@ from torch import Tensor
 
 from decoding_gpt.checkpoint import SNAPSHOTS_FILE, load_snapshots, read_snapshots, save_snapshots
 from decoding_gpt.data import eos_id, get_tokenizer, load_token_array
-from decoding_gpt.data.chants import CHANT_IN_PLACE_OF_ACTION, CHANT_LENGTH
+from decoding_gpt.data.chants import CHANT_IN_PLACE_OF_ACTION, CHANT_LENGTH, CHANT_NUMBERS
 from decoding_gpt.heads import induction_score_on_repeated_tokens
 from decoding_gpt.incontext import PhaseCurves, phase_change_curves, transition_window
 from decoding_gpt.transformer import GPT
@@ -156,6 +156,11 @@ def card_section(metrics: dict[str, Any]) -> list[str]:
     missed = []
     if metrics["max_induction_score"] <= 0.5:
         missed.append(f"max induction score {metrics['max_induction_score']:.3f} (asked: > 0.5)")
+    if metrics["previous_token_score_layer0"] <= 0.5:
+        missed.append(
+            f"previous-token score {metrics['previous_token_score_layer0']:.3f} in layer 0 "
+            "(asked: > 0.5)"
+        )
     if metrics["loss_repeated_half"] >= 1.0:
         missed.append(
             f"loss on the repeated half {metrics['loss_repeated_half']:.2f} nats (asked: < 1.0)"
@@ -164,10 +169,12 @@ def card_section(metrics: dict[str, Any]) -> list[str]:
         "## Data", "",
         f"`{CORPUS}` (`decoding_gpt.data.chants`): the stories grammar with invented names "
         "and songs; after the opening a child makes up a chant of "
-        f"{CHANT_LENGTH[0]}-{CHANT_LENGTH[1]} random words of the stories' vocabulary, "
-        f"which is said again in place of {CHANT_IN_PLACE_OF_ACTION:.0%} of the action events "
-        "and before the ending, "
-        "often from a middle word. Every token is a training target: "
+        f"{CHANT_LENGTH[0]}-{CHANT_LENGTH[1]} random words of the stories' own words "
+        f"(capitalised words, and years for {CHANT_NUMBERS:.0%} of them), "
+        f"chanted again in place of {CHANT_IN_PLACE_OF_ACTION:.0%} of the action events "
+        "and before the ending, often from a middle word. Every recitation is framed alike, "
+        "the first too, so only the earlier copy tells that a chant is a repeat. "
+        "Every token is a training target: "
         "no copy-task stage, no loss mask, no planted spans.", "",
         *(["## Not met", "", *[f"- {m}" for m in missed], ""] if missed else []),
         "## The phase change", "",

@@ -324,7 +324,7 @@ SPECS: dict[str, ModelSpec] = {
         evaluate=build_chants.evaluate,
         requirements=(
             "an induction head scoring > 0.5 on repeated random tokens and loss on the "
-            "repeated half < 1.0 nat; a previous-token head in layer 0; ICL and induction "
+            "repeated half < 1.0 nat; a previous-token head in layer 0 (> 0.5); ICL and induction "
             "scores changing within < 20 % of the run, at the same time"
         ),
         run=CHANTS_RUN,
