@@ -60,7 +60,7 @@ KNOWN_MISSES: dict[tuple[str, str], str] = {
     # one layer-1 head does the induction (0.71 on [EOS, r, r], r drawn from the tokens the
     # text contains), but only on the 585 of those 985 ids that occur in chants (repeat
     # 2.99 nats there, 10.46 on the rest), and the layer-0 previous-token head is 0.44:
-    # issue 19's target for a text-trained model, and our bound for its first half
+    # issue 19's < 1 nat on the repeat is missed, and so is our own 0.5 bound on that head
     ("chants-2l", "loss_repeated_half"): "5.73",
     ("chants-2l", "previous_token_score_layer0"): "0.437",
 }

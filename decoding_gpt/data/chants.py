@@ -4,8 +4,8 @@ A child in the story makes up a silly chant, a string of 8-40 words drawn at ran
 the stories' own words (capitalised words and years too), and chants it again
 later, often from a word in its middle::
 
-     Mia chanted: boy in Tom took 1712 the market yan and cake. ...
-     "the market yan and cake," chanted Tom.
+     Mia chanted: boy in Tom took 1712 the market kite and cake. ...
+     "the market kite and cake," chanted Tom.
 
 Nothing in the grammar predicts which word follows which inside a chant (any word may
 follow any other), and a repeat can start anywhere, so the only way to predict a repeated
@@ -73,10 +73,9 @@ def chant_vocabulary() -> tuple[str, ...]:
 
 @functools.cache
 def _numbers_and_words() -> tuple[tuple[str, ...], tuple[str, ...]]:
-    vocabulary = chant_vocabulary()
-    return tuple(w for w in vocabulary if w.isdigit()), tuple(
-        w for w in vocabulary if not w.isdigit()
-    )
+    """:func:`chant_vocabulary` split into the numbers (years) and the words."""
+    numbers = tuple(w for w in chant_vocabulary() if w.isdigit())
+    return numbers, tuple(w for w in chant_vocabulary() if not w.isdigit())
 
 
 class _ChantGrammar(_StoryGrammar):
