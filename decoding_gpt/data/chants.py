@@ -12,8 +12,9 @@ follow any other), and a repeat can start anywhere, so the only way to predict a
 chant word is to find the current word earlier in the story and copy the word that
 followed it there: what an induction head does. Every recitation, the first one too, is
 framed the same way (one of :data:`FRAMES`, drawn each time), so nothing but the earlier
-copy tells that a chant is said again: copying is not gated on a cue the repeated
-random tokens of the induction test lack. Everything else is the base grammar of
+copy tells that a chant is said again: a frame says only that a chant starts. (A model
+trained on this text still copies chant words most surely inside a frame: lecture 11
+measures by how much.) Everything else is the base grammar of
 :mod:`decoding_gpt.data.stories` with invented words on (names, songs), and a model
 trains on every token: no copy task, no loss mask.
 
