@@ -14,10 +14,12 @@ from decoding_gpt.data.chants import (
     FRAMES,
     chant_story,
     chant_vocabulary,
+    named_chant_story,
     recitations,
 )
 from decoding_gpt.data.packing import load_token_array
 from decoding_gpt.data.stories import generate_story
+from decoding_gpt.data.world import CHARACTER_BY_NAME
 
 
 def words_of(text: str) -> list[tuple[int, list[str]]]:
@@ -100,3 +102,21 @@ def test_packed_chant_corpus_starts_with_the_first_stories(tmp_path, monkeypatch
     assert arr[: len(first)].tolist() == first
     with pytest.raises(ValueError, match="corpus must be one of"):
         load_token_array("chants", "val", n_tokens=10)
+
+
+def test_named_chant_stories_chant_over_the_world_s_named_characters(tmp_path, monkeypatch):
+    texts = [named_chant_story(i, seed=1).text for i in range(100)]
+    for text in texts:
+        (_, chant), *repeats = words_of(text)
+        assert repeats and all(words == chant[len(chant) - len(words) :] for _, words in repeats)
+        prose = text
+        for r in reversed(recitations(text)):  # chant words may say "named" too
+            prose = prose[: r.start] + prose[r.end :]
+        names = re.findall(r"named (\w+)", prose)
+        assert names and all(name in CHARACTER_BY_NAME for name in names), text
+    assert named_chant_story(3).text == named_chant_story(3).text
+    assert named_chant_story(3).text not in (chant_story(3).text, generate_story(3).text)
+    monkeypatch.setenv("DGPT_CACHE", str(tmp_path))
+    arr = load_token_array("named-chant-stories", "val", n_tokens=500)
+    first = get_tokenizer("stories").encode(named_chant_story(0, split="val").text).ids
+    assert arr[: len(first)].tolist() == first[:500]

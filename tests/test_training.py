@@ -503,3 +503,23 @@ def test_cli_snapshots_keep_the_weights_at_the_chosen_steps(tmp_path):
     with pytest.raises(SystemExit, match="outside 0..train.steps=5"):
         main([str(TINY_CONFIG), *SMALL_RUN, "--set", "train.steps=5", "--set",
               "snapshots.steps=[9]", *out])  # fmt: skip
+
+
+def test_the_stories_4l_chants_experiment_trains_in_two_stages(tmp_path, monkeypatch):
+    """configs/experiments: stage 1 trains on named-chant-stories with snapshots, and the
+    anneal starts from its weights (a few steps on a few stories)."""
+    monkeypatch.setenv("DGPT_CACHE", str(tmp_path / "cache"))
+    experiments = REPO / "configs" / "experiments"
+    tiny = ["--set", "data.n_tokens=20000", "--set", "data.val_n_tokens=5000"]
+    tiny += ["--set", "train.batch_size=2", "--set", "train.eval_every=0", "--set", "train.steps=2"]
+    first, second = tmp_path / "stage1", tmp_path / "stage2"
+    stage1 = str(experiments / "stories-4l-chants.toml")
+    main([stage1, *tiny, "--set", "snapshots.steps=[0, 2]", "--out", str(first)])
+    anneal = str(experiments / "stories-4l-chants-anneal.toml")
+    main([anneal, *tiny, "--set", f'train.init_from="{first}"', "--out", str(second)])
+    start, _, _ = load_checkpoint(first)
+    end, _, _ = load_checkpoint(second)
+    assert (first / "snapshots.safetensors").is_file()
+    # two warmup steps at lr <= 3e-4 / 50 move no weight by 1e-3; a fresh init differs by ~0.02
+    for (name, a), b in zip(start.state_dict().items(), end.state_dict().values(), strict=True):
+        assert (a - b).abs().max() < 1e-3, name

@@ -156,3 +156,16 @@ def chant_story(index: int, seed: int = 0, split: Split = "train") -> Story:
     # a stream of its own: chant story i and base story i are drawn independently
     rng = random.Random(f"chants/v{CHANT_VERSION}/{rng.getrandbits(64)}")
     return write_story(rng, CHANT_CONFIG, grammar=_ChantGrammar)
+
+
+def named_chant_story(index: int, seed: int = 0, split: Split = "train") -> Story:
+    """Chant story ``index`` over the base corpus's cast: the world's named characters
+    (:class:`~decoding_gpt.data.stories.StoryConfig` defaults, no invented names), so their
+    facts, the IOI and year events are in the text as in ``stories``, with chants added.
+
+    The text of ``configs/experiments/stories-4l-chants.toml``: ``stories-4l``'s shape
+    trained on it forms induction heads (an experiment, not a shipped model; the config
+    says what it measured)."""
+    rng = _story_rng(seed, split, index)
+    rng = random.Random(f"chants-named/v{CHANT_VERSION}/{rng.getrandbits(64)}")
+    return write_story(rng, StoryConfig(), grammar=_ChantGrammar)

@@ -25,7 +25,7 @@ import numpy as np
 from jaxtyping import UInt16
 
 from decoding_gpt.data.bpe import eos_id, get_tokenizer, tokenizer_path
-from decoding_gpt.data.chants import CHANT_VERSION, chant_story
+from decoding_gpt.data.chants import CHANT_VERSION, chant_story, named_chant_story
 from decoding_gpt.data.labels import TokenLabels, align_char_labels
 from decoding_gpt.data.stdlib_corpus import code_char_labels, stdlib_documents
 from decoding_gpt.data.stories import (
@@ -44,6 +44,7 @@ DEFAULT_STORY_TOKENS: dict[str, int] = {"train": 20_000_000, "val": 500_000}
 STORY_CORPORA: dict[str, Callable[[int, int, Split], Story]] = {
     "stories": generate_story,
     "chant-stories": chant_story,  # decoding_gpt.data.chants
+    "named-chant-stories": named_chant_story,  # the same, over the named characters
 }
 _STORY_CHUNK = 2048  # stories tokenized per encode_batch call
 _PARALLEL_TOKENS = 4_000_000  # requests at least this large generate in parallel
@@ -80,7 +81,7 @@ def _cache_path(corpus: str, split: str, n_tokens: int | None, seed: int) -> Pat
     tok = _file_hash(tokenizer_path("stories" if corpus in STORY_CORPORA else corpus))
     if corpus == "stories":
         tag = f"gen{GENERATOR_VERSION}"
-    elif corpus == "chant-stories":
+    elif corpus in ("chant-stories", "named-chant-stories"):
         tag = f"gen{GENERATOR_VERSION}-chants{CHANT_VERSION}"
     else:
         tag = f"py{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}"
@@ -168,17 +169,17 @@ def _cached(path: Path, n_tokens: int | None, build: Callable[[], np.ndarray]) -
 
 
 def load_token_array(
-    corpus: Literal["stories", "chant-stories", "code"],
+    corpus: Literal["stories", "chant-stories", "named-chant-stories", "code"],
     split: Literal["train", "val"],
     n_tokens: int | None = None,
     seed: int = 0,
 ) -> UInt16[np.ndarray, " n_tokens"]:
     """Packed token ids of a corpus split, built once and then read from the cache.
 
-    ``stories`` (and ``chant-stories``, :mod:`decoding_gpt.data.chants`): the first
-    stories of the seeded generator, exactly ``n_tokens`` ids (default
-    :data:`DEFAULT_STORY_TOKENS`). ``code``: every document of the split in a
-    ``seed``-shuffled order (cached whole), cut to ``n_tokens`` if given.
+    ``stories`` (and ``chant-stories``, ``named-chant-stories``:
+    :mod:`decoding_gpt.data.chants`): the first stories of the seeded generator, exactly
+    ``n_tokens`` ids (default :data:`DEFAULT_STORY_TOKENS`). ``code``: every document of
+    the split in a ``seed``-shuffled order (cached whole), cut to ``n_tokens`` if given.
     """
     if corpus not in (*STORY_CORPORA, "code"):
         raise ValueError(f"corpus must be one of {(*STORY_CORPORA, 'code')}, got {corpus!r}")
