@@ -41,6 +41,7 @@ from decoding_gpt.transformer import GPT, GPTConfig, next_token_loss
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "configs" / "tiny-smoke.toml"
+PRETRAINED_CONFIGS = REPO / "decoding_gpt" / "pretrained" / "configs"
 
 
 def tiny_gpt(d_vocab: int = 32, n_ctx: int = 16, seed: int = 0, **kw) -> GPT:
@@ -523,3 +524,21 @@ def test_the_stories_4l_chants_experiment_trains_in_two_stages(tmp_path, monkeyp
     # two warmup steps at lr <= 3e-4 / 50 move no weight by 1e-3; a fresh init differs by ~0.02
     for (name, a), b in zip(start.state_dict().items(), end.state_dict().values(), strict=True):
         assert (a - b).abs().max() < 1e-3, name
+
+
+RUN_CONFIGS = sorted([*(REPO / "configs").rglob("*.toml"), *PRETRAINED_CONFIGS.glob("*.toml")])
+
+
+@pytest.mark.parametrize("path", RUN_CONFIGS, ids=lambda p: p.stem)
+def test_corpus_configs_size_the_vocabulary_to_their_tokenizer(path):
+    """A config training on a named corpus has one embedding row per tokenizer id: more
+    rows are never trained, fewer fail on the first batch."""
+    from decoding_gpt.data import get_tokenizer
+    from decoding_gpt.data.packing import STORY_CORPORA
+
+    config = tomllib.loads(path.read_text())
+    corpus = config.get("data", {}).get("corpus")
+    if corpus is None:
+        pytest.skip("no named corpus")
+    tokenizer = get_tokenizer("stories" if corpus in STORY_CORPORA else corpus)
+    assert config["model"]["d_vocab"] == tokenizer.get_vocab_size()
