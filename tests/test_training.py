@@ -26,7 +26,7 @@ from decoding_gpt.checkpoint import (
     read_metrics,
     read_snapshots,
 )
-from decoding_gpt.tools.train import apply_overrides, load_data, main, place_heads
+from decoding_gpt.tools.train import apply_overrides, load_config, load_data, main, place_heads
 from decoding_gpt.training import (
     TrainConfig,
     _step_generator,
@@ -532,11 +532,11 @@ RUN_CONFIGS = sorted([*(REPO / "configs").rglob("*.toml"), *PRETRAINED_CONFIGS.g
 @pytest.mark.parametrize("path", RUN_CONFIGS, ids=lambda p: p.stem)
 def test_corpus_configs_size_the_vocabulary_to_their_tokenizer(path):
     """A config training on a named corpus has one embedding row per tokenizer id: more
-    rows are never trained, fewer fail on the first batch."""
+    rows stand for ids the tokenizer never produces, fewer fail on the first batch."""
     from decoding_gpt.data import get_tokenizer
     from decoding_gpt.data.packing import STORY_CORPORA
 
-    config = tomllib.loads(path.read_text())
+    config = load_config(path)
     corpus = config.get("data", {}).get("corpus")
     if corpus is None:
         pytest.skip("no named corpus")

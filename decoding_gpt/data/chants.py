@@ -152,10 +152,7 @@ def recitations(text: str) -> list[Recitation]:
 
 def chant_story(index: int, seed: int = 0, split: Split = "train") -> Story:
     """Chant story number ``index`` of ``(seed, split)``: a pure function of its args."""
-    rng = _story_rng(seed, split, index)
-    # a stream of its own: chant story i and base story i are drawn independently
-    rng = random.Random(f"chants/v{CHANT_VERSION}/{rng.getrandbits(64)}")
-    return write_story(rng, CHANT_CONFIG, grammar=_ChantGrammar)
+    return _chant_story("chants", CHANT_CONFIG, index, seed, split)
 
 
 def named_chant_story(index: int, seed: int = 0, split: Split = "train") -> Story:
@@ -166,6 +163,11 @@ def named_chant_story(index: int, seed: int = 0, split: Split = "train") -> Stor
     The text of ``configs/experiments/stories-4l-chants.toml``: ``stories-4l``'s shape
     trained on it forms induction heads (an experiment, not a shipped model; the config
     says what it measured)."""
+    return _chant_story("chants-named", StoryConfig(), index, seed, split)
+
+
+def _chant_story(stream: str, config: StoryConfig, index: int, seed: int, split: Split) -> Story:
     rng = _story_rng(seed, split, index)
-    rng = random.Random(f"chants-named/v{CHANT_VERSION}/{rng.getrandbits(64)}")
-    return write_story(rng, StoryConfig(), grammar=_ChantGrammar)
+    # a stream of its own: chant story i and base story i are drawn independently
+    rng = random.Random(f"{stream}/v{CHANT_VERSION}/{rng.getrandbits(64)}")
+    return write_story(rng, config, grammar=_ChantGrammar)

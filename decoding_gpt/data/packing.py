@@ -81,7 +81,7 @@ def _cache_path(corpus: str, split: str, n_tokens: int | None, seed: int) -> Pat
     tok = _file_hash(tokenizer_path("stories" if corpus in STORY_CORPORA else corpus))
     if corpus == "stories":
         tag = f"gen{GENERATOR_VERSION}"
-    elif corpus in ("chant-stories", "named-chant-stories"):
+    elif corpus in STORY_CORPORA:  # the chant corpora of decoding_gpt.data.chants
         tag = f"gen{GENERATOR_VERSION}-chants{CHANT_VERSION}"
     else:
         tag = f"py{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}"
